@@ -1,0 +1,2 @@
+from .convnet import *
+from .resnet_cifar import *
