@@ -48,7 +48,7 @@ def create_global_pool(
         pool_type: One of `GLOBAL_POOL_TYPES`; `''` is no pooling (identity).
         num_features: Channels of the feature map the pool receives (checked against the routing capsule size).
         routing_args: `RoutingPool2d` keyword arguments for `'routing'` (see `resolve_routing_args`).
-        flatten: Flatten the pooled `(B, C, 1, 1)` to `(B, C)`.
+        flatten: Flatten the pooled `(B, C, 1, 1)` to `(B, C)` (an unpooled map is never flattened).
 
     Returns:
         A module with timm's pooling interface: `pool_type`, `feat_mult()`, `is_identity()`.
@@ -64,4 +64,5 @@ def create_global_pool(
         pool = RoutingPool2d(**(routing_args or {}), flatten=flatten)
         pool.check_channels(num_features)
         return pool
-    return SelectAdaptivePool2d(pool_type=pool_type, flatten=flatten)
+    # no pooling keeps the map as it is: nothing to flatten
+    return SelectAdaptivePool2d(pool_type=pool_type, flatten=flatten and bool(pool_type))
