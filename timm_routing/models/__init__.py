@@ -1,3 +1,4 @@
+from ._cfg import *
 from .convnet import *
 from .resnet_cifar import *
 
