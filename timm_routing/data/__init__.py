@@ -1,0 +1,1 @@
+from .npz import class_folder_names, export_image_folder, load_npz, stratified_holdout
