@@ -1,4 +1,5 @@
 from ._cfg import *
+from .backbones import *
 from .convnet import *
 from .resnet_cifar import *
 
