@@ -104,15 +104,41 @@ def test_invariant_to_order_of_children():
     torch.testing.assert_close(c[:, perm], c_p, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('iters', [0, 1, 2, 3])
 @pytest.mark.parametrize('normalize', [False, True])
 @pytest.mark.parametrize('activation', [None, 'squash', 'norm'])
-def test_gradcheck_float64(normalize, activation):
+def test_gradcheck_float64(iters, normalize, activation):
     torch.manual_seed(4)
     u = torch.randn(2, 6, 4, dtype=torch.float64, requires_grad=True)
+    # the parent, the couplings, and both at once (the hand-written backward sums their contributions)
     assert torch.autograd.gradcheck(
-        lambda t: dynamic_routing(t, iters=2, lam=2.0, normalize=normalize, activation=activation)[0], (u,))
+        lambda t: dynamic_routing(t, iters=iters, lam=2.0, normalize=normalize, activation=activation)[0], (u,))
     assert torch.autograd.gradcheck(
-        lambda t: dynamic_routing(t, iters=2, lam=2.0, normalize=normalize)[1], (u,))
+        lambda t: dynamic_routing(t, iters=iters, lam=2.0, normalize=normalize)[1], (u,))
+    assert torch.autograd.gradcheck(
+        lambda t: sum(o.sum() * w for o, w in zip(dynamic_routing(t, iters=iters, lam=2.0, normalize=normalize), (1., 3.))),
+        (u,))
+
+
+@pytest.mark.parametrize('iters', [0, 1, 3])
+@pytest.mark.parametrize('normalize', [False, True])
+def test_fused_backward_matches_plain_autograd(iters, normalize):
+    from timm_routing.layers.routing import _route_reference
+    torch.manual_seed(9)
+    x = torch.randn(3, 32, 5, 5, dtype=torch.float64)
+    x[0, :16] = 0.  # a dead capsule
+    weights = torch.randn(3, 32, dtype=torch.float64), torch.randn(3, 2, 5, 5, dtype=torch.float64)
+    grads = []
+    for fused in (True, False):
+        xi = x.clone().requires_grad_(True)
+        if fused:
+            s, c = RoutingPool2d(16, iters=iters, lam=3.0, normalize=normalize).route(xi)
+        else:
+            s, c = _route_reference(xi.reshape(6, 16, 25), iters, 3.0, normalize)
+            s, c = s.reshape(3, 32), c.reshape(3, 2, 5, 5)
+        ((s * weights[0]).sum() + (c * weights[1]).sum()).backward()
+        grads.append(xi.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-10)
 
 
 def test_pool_layout_matches_groups_of_consecutive_channels():

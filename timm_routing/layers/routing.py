@@ -12,10 +12,13 @@ parameter λ of Formula 5) as a function, and the global pooling layer built on 
 Every head of the package (pooling head, class capsules, routing heads on timm backbones) calls `route_by_agreement`;
 variants are arguments, not copies.
 
-Numerics: the routing runs in float32 (float64 stays float64) whatever the input dtype or autocast state, using only
-element-wise products and sums, which autocast leaves alone; outputs are cast back to the input dtype. Zero vectors
-(dead ReLU maps) are normalised with an epsilon floor so outputs and gradients stay finite; the softmax subtracts its
-maximum, so λ up to 1e4 is safe.
+Numerics: the couplings, agreements and proposals (tensors of size N or D) are float32 whatever the input dtype or
+autocast state (float64 stays float64); the matrix products that read the children run in the children's own dtype,
+outside autocast, and their small results are taken back to float32. Zero vectors (dead ReLU maps) are normalised with
+an epsilon floor so outputs and gradients stay finite; the softmax subtracts its maximum, so λ up to 1e4 is safe.
+
+Speed: eager calls run `_RoutingFunction`, whose backward reads the feature map once per read of the forward and
+writes the gradient once; TorchScript runs the same math with plain autograd (`_route_reference`).
 """
 import math
 from typing import Callable, Optional, Tuple, Union
@@ -112,6 +115,126 @@ def _check_routing_args(iters: int, lam: float) -> None:
         raise ValueError(f'Routing lambda must be finite and >= 0, got {lam}.')
 
 
+def _route_reference(u: torch.Tensor, iters: int, lam: float, normalize: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Algorithm 1 on children laid out `(M, D, N)`, with plain autograd (the TorchScript path)."""
+    work_dtype = torch.promote_types(u.dtype, torch.float32)
+    u = u.to(work_dtype)
+    if normalize:
+        u = vector_norm(u, dim=1)
+    c = torch.full((u.shape[0], u.shape[2]), 1. / u.shape[2], dtype=work_dtype, device=u.device)
+    b = torch.zeros_like(c)
+    for _ in range(iters):
+        v = vector_norm((u * c.unsqueeze(1)).sum(2))
+        b = b + (u * v.unsqueeze(2)).sum(1)
+        c = torch.softmax(lam * b, dim=-1)
+    return (u * c.unsqueeze(1)).sum(2), c
+
+
+class _RoutingFunction(torch.autograd.Function):
+    """Algorithm 1 on children laid out `(M, D, N)`, with a hand-written backward that reads the feature map once per
+    read of the forward and writes its gradient once.
+
+    The children enter the routing only through matrix-vector products, `s_k = u w_k` and `a_k = v_kᵀ u` (plus the
+    norms `‖u_n‖` when normalising), so `∂L/∂u = Σ_k g_k ⊗ h_k` (plus a column scaling of `u`); the backward
+    collects the K = 2·iters + 1 pairs `(g_k, h_k)` while it walks the iterations back on `(M, D)` and `(M, N)` tensors,
+    then writes `∂L/∂u` with one batched product `(M, D, K) @ (M, K, N)`.
+    Small tensors are float32 (float64 stays float64); products with `u` run in `u`'s dtype, outside autocast.
+    """
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, iters: int, lam: float, normalize: bool):
+        work_dtype = torch.promote_types(u.dtype, torch.float32)
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            inv = torch.linalg.vector_norm(u, dim=1, dtype=work_dtype).clamp_min(_EPS).reciprocal() if normalize \
+                else None
+            c = torch.full((u.shape[0], u.shape[2]), 1. / u.shape[2], dtype=work_dtype, device=u.device)
+            b = torch.zeros_like(c)
+            per_iter = []
+            for _ in range(iters):
+                w = c * inv if normalize else c
+                s = torch.bmm(u, w.to(u.dtype).unsqueeze(2)).squeeze(2).to(work_dtype)
+                s_norm = torch.linalg.vector_norm(s, dim=1, keepdim=True)
+                v = s / s_norm.clamp_min(_EPS)
+                a_raw = torch.bmm(v.to(u.dtype).unsqueeze(1), u).squeeze(1).to(work_dtype)
+                b = b + (a_raw * inv if normalize else a_raw)
+                c_next = torch.softmax(lam * b, dim=-1)
+                per_iter += [w, s_norm, v, a_raw, c_next]
+                c = c_next
+            w = c * inv if normalize else c
+            s = torch.bmm(u, w.to(u.dtype).unsqueeze(2)).squeeze(2)
+        # `inv` is unused without normalisation; `w` stands in for it so the saved list keeps one layout
+        ctx.save_for_backward(u, inv if normalize else w, w, *per_iter)
+        ctx.iters, ctx.lam, ctx.normalize = iters, lam, normalize
+        return s, c.to(u.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_s: torch.Tensor, grad_c: torch.Tensor):
+        u, inv, w_final, *per_iter = ctx.saved_tensors
+        iters, lam, normalize = ctx.iters, ctx.lam, ctx.normalize
+        work_dtype = torch.promote_types(u.dtype, torch.float32)
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            g_s = grad_s.to(work_dtype).contiguous()  # an expanded gradient would send bmm down a per-matrix path
+            left, right = [g_s], [w_final]  # dL/du = sum of left_k ⊗ right_k
+            g_inv = torch.zeros_like(w_final) if normalize else None
+            g_c = grad_c.to(work_dtype).contiguous()
+            if iters > 0 or normalize:  # otherwise the final couplings are the constant 1/N
+                g_w = torch.bmm(g_s.to(u.dtype).unsqueeze(1), u).squeeze(1).to(work_dtype)
+                if normalize:
+                    c_final = per_iter[-1] if iters > 0 else torch.full_like(w_final, 1. / u.shape[2])
+                    g_inv = g_inv + g_w * c_final
+                    g_w = g_w * inv
+                g_c = g_c + g_w
+            g_b = torch.zeros_like(w_final)
+            for k in range(iters - 1, -1, -1):
+                w, s_norm, v, a_raw, c_next = per_iter[5 * k:5 * k + 5]
+                # c_{k+1} = softmax(λ b_{k+1}); b_{k+1} = b_k + a_k
+                g_b = g_b + lam * c_next * (g_c - (g_c * c_next).sum(1, keepdim=True))
+                g_a_raw = g_b * inv if normalize else g_b
+                if normalize:
+                    g_inv = g_inv + g_b * a_raw
+                # a_raw_k = v_kᵀ u
+                left.append(v)
+                right.append(g_a_raw)
+                g_v = torch.bmm(u, g_a_raw.to(u.dtype).unsqueeze(2)).squeeze(2).to(work_dtype)
+                # v_k = s_k / max(‖s_k‖, eps)
+                safe_norm = s_norm.clamp_min(_EPS)
+                g_s_k = torch.where(
+                    s_norm > _EPS, (g_v - v * (v * g_v).sum(1, keepdim=True)) / safe_norm, g_v / safe_norm)
+                # s_k = u w_k, w_k = c_k (· inv); c_0 is the constant 1/N
+                left.append(g_s_k)
+                right.append(w)
+                if k > 0 or normalize:
+                    g_w = torch.bmm(g_s_k.to(u.dtype).unsqueeze(1), u).squeeze(1).to(work_dtype)
+                    c_k = per_iter[5 * k - 1] if k > 0 else torch.full_like(w, 1. / u.shape[2])
+                    if normalize:
+                        g_inv = g_inv + g_w * c_k
+                        g_w = g_w * inv
+                    g_c = g_w
+            lhs = torch.stack(left, dim=2).to(u.dtype)  # (M, D, K)
+            rhs = torch.stack(right, dim=1).to(u.dtype)  # (M, K, N)
+            if normalize:
+                # inv_n = 1 / max(‖u_n‖, eps): d inv_n / d u_n = -inv_n³ u_n where ‖u_n‖ > eps
+                coef = torch.where(inv < 1. / _EPS, -g_inv * inv.pow(3), torch.zeros_like(inv))
+                grad_u = torch.baddbmm(u * coef.to(u.dtype).unsqueeze(1), lhs, rhs)
+            else:
+                grad_u = torch.bmm(lhs, rhs)
+        return grad_u, None, None, None
+
+
+@torch.jit.unused
+def _route_fused(u: torch.Tensor, iters: int, lam: float, normalize: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    return _RoutingFunction.apply(u, iters, lam, normalize)
+
+
+def _route_channels_first(
+        u: torch.Tensor, iters: int, lam: float, normalize: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Routes children laid out `(M, D, N)`; returns `s` `(M, D)` and `c` `(M, N)` in `u`'s dtype."""
+    if torch.jit.is_scripting():
+        s, c = _route_reference(u, iters, lam, normalize)
+        return s.to(u.dtype), c.to(u.dtype)
+    return _route_fused(u, iters, lam, normalize)
+
+
 @register_notrace_function
 def route_by_agreement(
         u: torch.Tensor,
@@ -134,20 +257,10 @@ def route_by_agreement(
         The parent before activation `s`, `(..., D)`, and the coupling coefficients `c`, `(..., N)`, summing to 1 over
         N; both in the dtype of `u`.
     """
-    out_dtype = u.dtype
-    u = u.to(torch.promote_types(u.dtype, torch.float32))
-    if normalize:
-        u = vector_norm(u)
-    # b = 0 gives uniform couplings; λ·0 = 0 for any λ
-    c = torch.full(u.shape[:-1], 1. / u.shape[-2], dtype=u.dtype, device=u.device)
-    b = torch.zeros_like(c)
-    for _ in range(iters):
-        s = (c.unsqueeze(-1) * u).sum(-2)
-        v = vector_norm(s)
-        b = b + (u * v.unsqueeze(-2)).sum(-1)
-        c = torch.softmax(lam * b, dim=-1)
-    s = (c.unsqueeze(-1) * u).sum(-2)
-    return s.to(out_dtype), c.to(out_dtype)
+    lead = u.shape[:-2]
+    num_children, dim = u.shape[-2], u.shape[-1]
+    s, c = _route_channels_first(u.transpose(-1, -2).reshape(-1, dim, num_children), iters, lam, normalize)
+    return s.reshape(list(lead) + [dim]), c.reshape(list(lead) + [num_children])
 
 
 def dynamic_routing(
@@ -205,9 +318,9 @@ def routing_pool2d(
         raise ValueError(
             f'RoutingPool2d: capsule_dim={capsule_dim} does not divide the {C} input channels of a map of shape {x.shape}.')
     groups = C // capsule_dim
-    # (B, G, D, H*W) -> (B, G, N=H*W, D): children are the spatial positions of each channel group
-    u = x.reshape(B, groups, capsule_dim, H * W).transpose(-1, -2)
-    s, c = route_by_agreement(u, iters=iters, lam=lam, normalize=normalize)
+    # (B, C, H, W) -> (B*G, D, H*W), a view: the children of each group are its spatial positions
+    s, c = _route_channels_first(x.reshape(B * groups, capsule_dim, H * W), iters, lam, normalize)
+    s = s.reshape(B, groups, capsule_dim)
     return s, c.reshape(B, groups, H, W)
 
 
