@@ -47,7 +47,7 @@ def test_routing_head_adds_no_parameters_and_is_the_gp_switch():
     pool = routing.head.global_pool
     assert isinstance(pool, RoutingPool2d)
     assert (pool.capsule_dim, pool.iters, pool.lam, pool.normalize) == (16, 1, 5.0, False)
-    conv_pool = timm.create_model('convnet4_routing').head.global_pool
+    conv_pool = timm.create_model('convnet4_routing', in_chans=3).head.global_pool
     assert (conv_pool.capsule_dim, conv_pool.lam) == (16, 0.5)
 
 
@@ -63,7 +63,7 @@ def test_routing_kwargs_reach_the_pool():
 @pytest.mark.parametrize('name', ['resnet20', 'convnet4_avg'])
 @pytest.mark.parametrize('pool', POOLS)
 def test_every_global_pool(name, pool):
-    model = timm.create_model(name, global_pool=pool).eval()
+    model = timm.create_model(name, global_pool=pool, in_chans=3).eval()
     x = torch.randn(2, 3, 32, 32)
     feats = model.forward_features(x)
     assert feats.shape == (2, model.num_features, 8, 8)
@@ -79,7 +79,7 @@ def test_every_global_pool(name, pool):
 
 @pytest.mark.parametrize('pool', ['avg', 'max', 'routing'])
 def test_pooled_features_are_what_the_pool_computes(pool):
-    model = timm.create_model(f'convnet4_{pool}', num_classes=0).eval()
+    model = timm.create_model(f'convnet4_{pool}', num_classes=0, in_chans=3).eval()
     x = torch.randn(3, 3, 32, 32)
     feats = model.forward_features(x)
     if pool == 'avg':
@@ -115,11 +115,11 @@ def test_coupling_coefficients_of_a_model():
 
 @pytest.mark.parametrize('name', ALL_MODELS)
 def test_features_only_and_intermediates(name):
-    model = timm.create_model(name, features_only=True).eval()
+    model = timm.create_model(name, features_only=True, in_chans=3).eval()
     outs = model(torch.randn(1, 3, 32, 32))
     assert [o.shape[1] for o in outs] == model.feature_info.channels()
     assert [32 // o.shape[-1] for o in outs] == model.feature_info.reduction()
-    full = timm.create_model(name).eval()
+    full = timm.create_model(name, in_chans=3).eval()
     x = torch.randn(1, 3, 32, 32)
     final, inter = full.forward_intermediates(x)
     torch.testing.assert_close(final, full.forward_features(x))
@@ -171,7 +171,7 @@ def test_convnet_rejects_kwargs_it_cannot_apply():
         timm.create_model('convnet4_avg', drop_path_rate=0.1)
     with pytest.raises(ValueError, match='bn_momentum=0.01'):
         timm.create_model('convnet4_avg', bn_momentum=0.01)
-    model = timm.create_model('convnet4_routing', drop_block_rate=0.1, drop_rate=0.5)
+    model = timm.create_model('convnet4_routing', drop_block_rate=0.1, drop_rate=0.5, in_chans=3)
     assert model.head.drop.p == 0.5
 
 
@@ -196,7 +196,7 @@ def test_unknown_kwarg_is_a_type_error():
 @pytest.mark.parametrize('name', ['resnet20_routing', 'convnet4_routing'])
 def test_grad_checkpointing_same_output_and_grads(name):
     torch.manual_seed(0)
-    model = timm.create_model(name).train()
+    model = timm.create_model(name, in_chans=3).train()
     x = torch.randn(2, 3, 32, 32)
     model.eval()  # batch-norm statistics fixed so both passes compute the same function
     model(x).sum().backward()

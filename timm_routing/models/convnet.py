@@ -18,11 +18,12 @@ import torch
 import torch.nn as nn
 
 from timm.layers import DropBlock2d
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from ..layers import resolve_routing_args
 from ._base import StemStagesNet
-from ._cfg import cifar10_cfg
+from ._pretrained import build_routing_model, shipped
+from ._cfg import cifar10_cfg, fashion_mnist_cfg
 
 __all__ = ['ConvNet4']
 
@@ -112,7 +113,7 @@ class ConvNet4(StemStagesNet):
 
 
 def _create_convnet(variant: str, pretrained: bool = False, **kwargs: Any) -> ConvNet4:
-    return build_model_with_cfg(
+    return build_routing_model(
         ConvNet4, variant, pretrained,
         feature_cfg=dict(out_indices=(0, 1, 2), flatten_sequential=True),
         **kwargs,
@@ -126,10 +127,23 @@ def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
     )
 
 
+def _fmnist_cfg(**kwargs: Any) -> Dict[str, Any]:
+    return fashion_mnist_cfg(
+        pool_size=(7, 7), first_conv='stem.conv', classifier='head.fc',
+        paper_name='Exploring Dynamic Routing As A Pooling Layer', **kwargs,
+    )
+
+
 default_cfgs = generate_default_cfgs({
     'convnet4_max': _cfg(),
     'convnet4_avg': _cfg(),
     'convnet4_routing': _cfg(),
+    # weights trained here (scripts/recipes/<name>.yaml), results/<name>/ holds the evidence
+    **shipped({
+        'convnet4_max.cpu_fmnist': _fmnist_cfg(),
+        'convnet4_avg.cpu_fmnist': _fmnist_cfg(),
+        'convnet4_routing.cpu_fmnist': _fmnist_cfg(),
+    }),
 })
 
 

@@ -23,10 +23,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from timm.layers import DropBlock2d, DropPath, calculate_drop_path_rates
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from ..layers import resolve_routing_args
 from ._base import StemStagesNet
+from ._pretrained import build_routing_model
 from ._cfg import cifar10_cfg
 
 __all__ = ['CifarResNet']
@@ -188,7 +189,7 @@ class CifarResNet(StemStagesNet):
 
 
 def _create_resnet_cifar(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarResNet:
-    return build_model_with_cfg(
+    return build_routing_model(
         CifarResNet, variant, pretrained,
         feature_cfg=dict(out_indices=(0, 1, 2), flatten_sequential=True),
         **kwargs,

@@ -1,0 +1,105 @@
+"""Data export, the evaluation command and `python -m timm_routing.run`, on data the tests make themselves."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from timm_routing.data import class_folder_names, export_image_folder, load_npz, stratified_holdout
+
+
+@pytest.fixture
+def tiny_npz(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / 'tiny.npz'
+    np.savez_compressed(
+        path, x_train=rng.integers(0, 256, (60, 28, 28, 1), dtype=np.uint8), y_train=np.arange(60, dtype=np.uint8) % 3,
+        x_test=rng.integers(0, 256, (12, 28, 28, 1), dtype=np.uint8), y_test=np.arange(12, dtype=np.uint8) % 3,
+        class_names=np.array(['T-shirt/top', 'Trouser', 'Bag']))
+    return path
+
+
+def test_export_image_folder(tiny_npz, tmp_path):
+    out = tmp_path / 'folder'
+    counts = export_image_folder(tiny_npz, out, val_size=15, seed=1)
+    assert counts == dict(train=45, validation=15, test=12)
+    assert sorted(p.name for p in (out / 'train').iterdir()) == ['00_T-shirt_top', '01_Trouser', '02_Bag']
+    manifest = json.loads((out / 'split.json').read_text())
+    val_idx = manifest['validation_indices']
+    assert len(val_idx) == 15 and val_idx == stratified_holdout(np.arange(60) % 3, 15, seed=1).tolist()
+    # stratified: 5 of each class, and no image in both train and validation
+    data = load_npz(tiny_npz)
+    assert np.bincount(data['y_train'][val_idx]).tolist() == [5, 5, 5]
+    train_names = {p.stem for p in (out / 'train').rglob('*.png')}
+    assert train_names.isdisjoint({f'{i:05d}' for i in val_idx})
+    # pixels survive the round trip
+    i = val_idx[0]
+    img = np.asarray(Image.open(out / 'validation' / class_folder_names(data['class_names'])[data['y_train'][i]] / f'{i:05d}.png'))
+    np.testing.assert_array_equal(img, data['x_train'][i, ..., 0])
+    with pytest.raises(FileExistsError, match='already holds an exported dataset'):
+        export_image_folder(tiny_npz, out)
+
+
+def test_bad_dataset_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match='nope.npz does not exist'):
+        load_npz(tmp_path / 'nope.npz')
+    bad = tmp_path / 'bad.npz'
+    np.savez(bad, x_train=np.zeros((2, 4, 4, 1), np.uint8))
+    with pytest.raises(ValueError, match=r"lacks the arrays \['y_train', 'x_test', 'y_test'\]"):
+        load_npz(bad)
+    garbage = tmp_path / 'garbage.npz'
+    garbage.write_bytes(b'junk')
+    with pytest.raises(ValueError, match='garbage.npz is not a readable .npz file'):
+        load_npz(garbage)
+    with pytest.raises(ValueError, match='Validation size 10 must be >= 0 and < the 10'):
+        stratified_holdout(np.zeros(10), 10)
+
+
+def test_evaluate_command_on_a_checkpoint(tiny_npz, tmp_path):
+    import timm
+    import torch
+    from timm.data import create_transform, resolve_data_config
+    from timm_routing.evaluate import evaluate_arrays, load_split
+    torch.manual_seed(0)
+    model = timm.create_model('convnet4_routing.cpu_fmnist').eval()  # the Fashion-MNIST cfg: 1 channel, 28x28
+    ckpt = tmp_path / 'ckpt.pth'
+    torch.save({'state_dict': model.state_dict()}, ckpt)
+    # by hand: timm's eval transform, argmax
+    x, y = load_split(tiny_npz, 'test')
+    transform = create_transform(**resolve_data_config(model=model))
+    with torch.no_grad():
+        logits = model(torch.stack([transform(Image.fromarray(img[..., 0])) for img in x]))
+    expected_top1 = 100. * (logits.argmax(1).numpy() == y).mean()
+    expected_top5 = 100. * (logits.topk(5, 1).indices.numpy() == y[:, None]).any(1).mean()
+    assert evaluate_arrays(model, x, y, batch_size=5)['top1'] == pytest.approx(expected_top1)
+    out = tmp_path / 'result.json'
+    proc = subprocess.run(
+        [sys.executable, '-m', 'timm_routing.evaluate', '--model', 'convnet4_routing.cpu_fmnist', '--checkpoint',
+         str(ckpt), '--npz', str(tiny_npz), '--split', 'test', '--batch-size', '4', '--out', str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result['n'] == 12 and result['split'] == 'test' and result['weights'] == 'ckpt.pth'
+    assert result['top1'] == pytest.approx(expected_top1) and result['top5'] == pytest.approx(expected_top5)
+    assert result['command'].startswith('python -m timm_routing.evaluate --model convnet4_routing.cpu_fmnist')
+    with pytest.raises(ValueError, match="Unknown split 'val'"):
+        load_split(tiny_npz, 'val')
+    x_val, _ = load_split(tiny_npz, 'validation', val_size=15, seed=1)
+    assert len(x_val) == 15
+
+
+def test_run_module_registers_models_before_the_script(tmp_path):
+    script = tmp_path / 'list_models.py'
+    script.write_text(
+        'import sys, timm\n'
+        'print(" ".join(sorted(timm.list_models(["resnet20", "resnet20_routing"]))), sys.argv[1:])\n')
+    proc = subprocess.run([sys.executable, '-m', 'timm_routing.run', str(script), '--flag', 'x'],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "resnet20 resnet20_routing ['--flag', 'x']"
+    missing = subprocess.run([sys.executable, '-m', 'timm_routing.run', str(tmp_path / 'validate.py')],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and 'validate.py not found' in missing.stderr

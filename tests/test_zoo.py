@@ -1,0 +1,118 @@
+"""Shipped weights: offline loading, timm's head and stem adaptation, bad files, model cards, Hub folders."""
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import timm
+
+from timm_routing.hub import load_evidence, render_model_card, save_hub_folder
+from timm_routing.models._pretrained import PRETRAINED_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = sorted(p.stem for p in PRETRAINED_DIR.glob('*.safetensors'))
+DATA_DIR = Path(os.environ.get('TIMM_ROUTING_DATA', ROOT.parent / 'shared' / 'data'))
+
+
+def test_every_shipped_file_is_a_registered_tag_with_a_card():
+    assert SHIPPED, 'no shipped weights'
+    pretrained = set(timm.list_pretrained())
+    for tag in SHIPPED:
+        assert tag in pretrained
+        assert (ROOT / 'model_cards' / f'{tag}.md').is_file(), f'{tag} has no model card'
+        assert (ROOT / 'results' / tag / 'summary.csv').is_file(), f'{tag} has no training evidence'
+
+
+@pytest.mark.parametrize('tag', SHIPPED)
+def test_shipped_weights_load_offline_and_adapt(tag):
+    model = timm.create_model(tag, pretrained=True).eval()
+    cfg = model.pretrained_cfg
+    assert Path(cfg['file']).is_file() and cfg['hf_hub_id'] == f'timm-routing/{tag}'
+    x = torch.randn(2, *cfg['input_size'])
+    reference = model.forward_features(x)
+    # another classifier: timm drops the trained one, the features stay
+    five = timm.create_model(tag, pretrained=True, num_classes=5).eval()
+    assert five(x).shape == (2, 5)
+    torch.testing.assert_close(five.forward_features(x), reference)
+    # another stem: timm adapts the first convolution's weights to 3 channels
+    rgb = timm.create_model(tag, pretrained=True, in_chans=3).eval()
+    assert rgb.stem.conv.weight.shape[1] == 3 and rgb(torch.randn(1, 3, *cfg['input_size'][1:])).shape == (1, 10)
+
+
+def test_corrupt_weight_file_names_the_file(tmp_path):
+    tag = SHIPPED[0]
+    bad = tmp_path / 'broken.safetensors'
+    bad.write_bytes(b'not a safetensors file')
+    with pytest.raises(ValueError, match=r'broken\.safetensors is not a readable checkpoint'):
+        timm.create_model(tag, pretrained=True, pretrained_cfg_overlay=dict(file=str(bad)))
+    with pytest.raises(FileNotFoundError, match=r'missing\.safetensors does not exist'):
+        timm.create_model(tag, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / 'missing.safetensors')))
+
+
+def test_mismatched_weight_file_names_the_file(tmp_path):
+    wrong = tmp_path / 'resnet20.safetensors'
+    save_file(timm.create_model('resnet20').state_dict(), str(wrong))
+    with pytest.raises(ValueError, match=r'resnet20\.safetensors does not hold weights of convnet4_routing'):
+        timm.create_model(SHIPPED[0], pretrained=True, pretrained_cfg_overlay=dict(file=str(wrong)))
+
+
+def _card_row(tag: str, split_label: str):
+    card = (ROOT / 'model_cards' / f'{tag}.md').read_text()
+    row = next(line for line in card.splitlines() if line.startswith(f'| {split_label} |'))
+    cells = [c.strip() for c in row.strip('|').split('|')]
+    return int(cells[1]), float(cells[2]), float(cells[3]), cells[4].strip('`')
+
+
+@pytest.mark.parametrize('tag', [t for t in SHIPPED if t.endswith('_fmnist')])
+def test_card_accuracy_recomputed_from_shipped_weights(tag):
+    npz = DATA_DIR / 'fashion_mnist.npz'
+    if not npz.is_file():
+        pytest.skip(f'{npz} not present (set TIMM_ROUTING_DATA to the shared data folder)')
+    from timm_routing.evaluate import evaluate_model
+    n, top1, top5, command = _card_row(tag, 'test (first 1000)')
+    assert '--limit 1000' in command and '--split test' in command
+    result = evaluate_model(tag, npz, split='test', limit=1000)
+    assert (result['n'], round(result['top1'], 2), round(result['top5'], 2)) == (n, top1, top5)
+
+
+@pytest.mark.parametrize('tag', SHIPPED)
+def test_card_is_what_the_evidence_renders(tag):
+    recipe = ROOT / 'scripts' / 'recipes' / f'{tag}.yaml'
+    notes = ROOT / 'results' / tag / 'notes.md'
+    card = render_model_card(tag, load_evidence(ROOT / 'results' / tag), recipe=recipe.read_text(),
+                             notes=notes.read_text() if notes.exists() else None)
+    assert card == (ROOT / 'model_cards' / f'{tag}.md').read_text(), 'card out of date: run scripts/publish.py'
+    assert card.startswith('---\ntags:\n- image-classification\n- timm\n')
+    for section in ('## Model Details', '## Model Usage', '## Results', '## Citation'):
+        assert section in card
+
+
+def _populate_hf_cache(cache_dir: Path, repo_id: str, folder: Path):
+    repo = cache_dir / f"models--{repo_id.replace('/', '--')}"
+    commit = '0' * 40
+    snapshot = repo / 'snapshots' / commit
+    shutil.copytree(folder, snapshot)
+    (repo / 'refs').mkdir(parents=True)
+    (repo / 'refs' / 'main').write_text(commit)
+
+
+def test_hub_folder_loads_from_local_dir_and_offline_hub_cache(tmp_path):
+    tag = SHIPPED[0]
+    folder = save_hub_folder(tag, tmp_path / 'hub' / tag, card='# card\n')
+    assert {p.name for p in folder.iterdir()} == {'config.json', 'model.safetensors', 'README.md'}
+    reference = timm.create_model(tag, pretrained=True).eval()
+    x = torch.randn(2, *reference.pretrained_cfg['input_size'])
+    local = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    cache = tmp_path / 'hf_cache'
+    _populate_hf_cache(cache, f'timm-routing/{tag}', folder)
+    assert os.environ.get('HF_HUB_OFFLINE') == '1'
+    hub = timm.create_model(f'hf-hub:timm-routing/{tag}', pretrained=True, cache_dir=cache).eval()
+    with torch.no_grad():
+        expected = reference(x)
+        torch.testing.assert_close(local(x), expected, rtol=0, atol=0)
+        torch.testing.assert_close(hub(x), expected, rtol=0, atol=0)
+    assert list(local.pretrained_cfg['label_names']) == list(reference.pretrained_cfg['label_names'])

@@ -1,0 +1,117 @@
+""" Top-1 / top-5 of a model on a dataset `.npz` split, with timm's own evaluation transform
+
+    python -m timm_routing.evaluate --model convnet4_routing.cpu_fmnist --npz ../shared/data/fashion_mnist.npz \
+        --split test --out results.json
+
+The images go through `timm.data.create_transform(**resolve_data_config(model=model))`, the transform timm's
+validate.py builds, so the numbers equal validate.py's on an ImageFolder export of the same split. `--split
+validation` is the seeded stratified hold-out of `timm_routing.data.export_image_folder` (same `--val-size`,
+`--seed`). The JSON records the model, weight file and dataset hashes and the command, as the model cards quote it.
+"""
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+import timm
+from timm.data import create_transform, resolve_data_config
+
+from .data import load_npz, stratified_holdout
+
+__all__ = ['load_split', 'evaluate_arrays', 'evaluate_model', 'main']
+
+
+def load_split(npz_path, split: str = 'test', val_size: int = 5000, seed: int = 0, limit: Optional[int] = None):
+    """Images and labels of `split` ('train' without the hold-out, 'validation', 'test'), optionally the first `limit`."""
+    data = load_npz(npz_path)
+    if split == 'test':
+        x, y = data['x_test'], data['y_test']
+    elif split in ('train', 'validation'):
+        val_idx = stratified_holdout(data['y_train'], val_size, seed)
+        idx = val_idx if split == 'validation' else np.setdiff1d(np.arange(len(data['y_train'])), val_idx)
+        x, y = data['x_train'][idx], data['y_train'][idx]
+    else:
+        raise ValueError(f"Unknown split {split!r}; expected 'train', 'validation' or 'test'.")
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    return x, y
+
+
+@torch.no_grad()
+def evaluate_arrays(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, batch_size: int = 256,
+                    progress: bool = False) -> Dict[str, Any]:
+    """Top-1 / top-5 accuracy (%) of `model` on uint8 `(N, H, W, C)` images, through timm's eval transform."""
+    model.eval()
+    transform = create_transform(**resolve_data_config(model=model))
+    correct1 = correct5 = 0
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        pil = [Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img) for img in batch]
+        x = torch.stack([transform(p) for p in pil])
+        target = torch.as_tensor(labels[start:start + batch_size], dtype=torch.long)
+        top = model(x).topk(min(5, model.num_classes), dim=1).indices
+        correct1 += (top[:, 0] == target).sum().item()
+        correct5 += (top == target[:, None]).any(1).sum().item()
+        if progress:
+            print(f'\r{min(start + batch_size, len(images))}/{len(images)}', end='', file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    n = len(images)
+    return dict(n=n, top1=100. * correct1 / n, top5=100. * correct5 / n)
+
+
+def _sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def evaluate_model(model_name: str, npz_path, split: str = 'test', checkpoint: Optional[str] = None,
+                   val_size: int = 5000, seed: int = 0, limit: Optional[int] = None, batch_size: int = 256,
+                   progress: bool = False) -> Dict[str, Any]:
+    """Builds `model_name` (pretrained, or from `checkpoint`) and evaluates it on a split of `npz_path`."""
+    model = timm.create_model(model_name, pretrained=checkpoint is None, checkpoint_path=checkpoint)
+    images, labels = load_split(npz_path, split, val_size, seed, limit)
+    result = evaluate_arrays(model, images, labels, batch_size, progress)
+    weights = checkpoint or model.pretrained_cfg.get('file')
+    result.update(
+        model=model_name, split=split, limit=limit, dataset=Path(npz_path).name, dataset_sha256=_sha256(npz_path),
+        weights=Path(weights).name if weights else None, weights_sha256=_sha256(weights) if weights else None,
+        torch=torch.__version__, timm=timm.__version__,
+    )
+    return result
+
+
+def main(argv=None) -> int:
+    import timm_routing  # noqa: F401  registers the models
+    parser = argparse.ArgumentParser(prog='python -m timm_routing.evaluate', description=__doc__.split('\n\n')[0])
+    parser.add_argument('--model', required=True, help='model name with its pretrained tag')
+    parser.add_argument('--npz', required=True, help='dataset .npz (x_train, y_train, x_test, y_test)')
+    parser.add_argument('--split', default='test', choices=('train', 'validation', 'test'))
+    parser.add_argument('--checkpoint', default=None, help='weights to evaluate instead of the pretrained ones')
+    parser.add_argument('--val-size', type=int, default=5000)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--limit', type=int, default=None, help='evaluate the first N images of the split only')
+    parser.add_argument('--batch-size', type=int, default=256)
+    parser.add_argument('--out', default=None, help='write the result as JSON here')
+    args = parser.parse_args(argv)
+    result = evaluate_model(args.model, args.npz, args.split, args.checkpoint, args.val_size, args.seed, args.limit,
+                            args.batch_size, progress=sys.stderr.isatty())
+    result['command'] = 'python -m timm_routing.evaluate ' + ' '.join(argv if argv is not None else sys.argv[1:])
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + '\n')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

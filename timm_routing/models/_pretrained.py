@@ -1,0 +1,98 @@
+""" Weights shipped with the package, and model building that checks them
+
+Each published tag has its safetensors file in `timm_routing/pretrained/<model>.<tag>.safetensors` (found through the
+pretrained cfg's `file`, so `pretrained=True` works offline) and names the Hub repo of its published copy in
+`hf_hub_id` (`timm-routing/<model>.<tag>`, built by `scripts/publish.py`).
+
+`build_routing_model` is timm's `build_model_with_cfg` plus two checks, so that a bad weight file fails with its path
+and the reason: the file must be a readable safetensors / torch checkpoint, and its tensor names must be the model's.
+"""
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn as nn
+
+from timm.models import build_model_with_cfg
+from timm.models._builder import _resolve_pretrained_source, resolve_pretrained_cfg
+
+__all__ = ['PRETRAINED_DIR', 'HUB_ORG', 'shipped', 'checkpoint_filter_fn', 'build_routing_model']
+
+PRETRAINED_DIR = Path(__file__).resolve().parent.parent / 'pretrained'
+HUB_ORG = 'timm-routing'
+
+
+def shipped(cfgs: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """The tags of `cfgs` whose weights ship with the package, each given its packaged file and the Hub repo of its
+    published copy. Tags without a file are left out, so that no tag claims weights it does not have."""
+    out = {}
+    for model_tag, cfg in cfgs.items():
+        path = PRETRAINED_DIR / f'{model_tag}.safetensors'
+        if path.is_file():
+            out[model_tag] = dict(cfg, file=str(path), hf_hub_id=f'{HUB_ORG}/{model_tag}')
+    return out
+
+
+def _check_weight_file(path: str, variant: str) -> None:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f'Pretrained weights of {variant} not found: {path} does not exist.')
+    try:
+        if path.endswith('.safetensors'):
+            from safetensors import safe_open
+            with safe_open(path, framework='pt') as f:
+                f.keys()
+        else:
+            torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise ValueError(f'Pretrained weights of {variant}: {path} is not a readable checkpoint ({e}).') from e
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Unwraps train.py checkpoints and checks that the tensor names are the model's.
+
+    The classifier may be absent from the model (`num_classes=0`); timm adapts the first convolution and the
+    classifier afterwards when `in_chans` or `num_classes` differ.
+
+    Raises:
+        ValueError: names missing from, or unknown to, the model; the message names the weight file.
+    """
+    for key in ('state_dict_ema', 'model_ema', 'state_dict', 'model'):
+        if isinstance(state_dict.get(key), dict):
+            state_dict = state_dict[key]
+            break
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    classifier = cfg.get('classifier') or ''
+    classifiers = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    expected = set(model.state_dict())
+    got = set(state_dict)
+    missing = sorted(expected - got)
+    unexpected = sorted(k for k in got - expected if not any(k.startswith(c + '.') for c in classifiers))
+    if missing or unexpected:
+        source = cfg.get('file') or cfg.get('hf_hub_id') or 'the pretrained checkpoint'
+        raise ValueError(
+            f'{source} does not hold weights of {cfg.get("architecture", type(model).__name__)}: '
+            f'missing {missing[:8]}{"..." if len(missing) > 8 else ""}, '
+            f'unexpected {unexpected[:8]}{"..." if len(unexpected) > 8 else ""}.')
+    return state_dict
+
+
+def build_routing_model(
+        model_cls: type,
+        variant: str,
+        pretrained: bool = False,
+        feature_cfg: Optional[Dict[str, Any]] = None,
+        **kwargs: Any,
+) -> nn.Module:
+    """timm's `build_model_with_cfg` with the weight-file checks of this module."""
+    if pretrained:
+        cfg = resolve_pretrained_cfg(
+            variant, pretrained_cfg=kwargs.get('pretrained_cfg'), pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+        load_from, location = _resolve_pretrained_source(cfg.to_dict())
+        if load_from == 'file':
+            _check_weight_file(str(location), variant)
+    return build_model_with_cfg(
+        model_cls, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=feature_cfg,
+        **kwargs,
+    )
