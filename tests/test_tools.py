@@ -43,6 +43,13 @@ def test_export_image_folder(tiny_npz, tmp_path):
         export_image_folder(tiny_npz, out)
 
 
+def test_export_command(tiny_npz, tmp_path):
+    proc = subprocess.run([sys.executable, '-m', 'timm_routing.data', '--npz', str(tiny_npz), '--out',
+                           str(tmp_path / 'f'), '--val-size', '6'], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith('train 54, validation 6, test 12')
+
+
 def test_bad_dataset_files(tmp_path):
     with pytest.raises(FileNotFoundError, match='nope.npz does not exist'):
         load_npz(tmp_path / 'nope.npz')

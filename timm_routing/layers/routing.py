@@ -130,6 +130,13 @@ def _route_reference(u: torch.Tensor, iters: int, lam: float, normalize: bool) -
     return (u * c.unsqueeze(1)).sum(2), c
 
 
+def _contract_children(u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """`Σ_n w[m, n] u[m, :, n]`: `(M, D, N), (M, N) -> (M, D)`, in `u`'s dtype.
+
+    Written as `wᵀ uᵀ`, which batched BLAS runs about twice as fast as `u w` on these thin matrices."""
+    return torch.bmm(w.to(u.dtype).unsqueeze(1), u.transpose(1, 2)).squeeze(1)
+
+
 class _RoutingFunction(torch.autograd.Function):
     """Algorithm 1 on children laid out `(M, D, N)`, with a hand-written backward that reads the feature map once per
     read of the forward and writes its gradient once.
@@ -152,7 +159,7 @@ class _RoutingFunction(torch.autograd.Function):
             per_iter = []
             for _ in range(iters):
                 w = c * inv if normalize else c
-                s = torch.bmm(u, w.to(u.dtype).unsqueeze(2)).squeeze(2).to(work_dtype)
+                s = _contract_children(u, w).to(work_dtype)
                 s_norm = torch.linalg.vector_norm(s, dim=1, keepdim=True)
                 v = s / s_norm.clamp_min(_EPS)
                 a_raw = torch.bmm(v.to(u.dtype).unsqueeze(1), u).squeeze(1).to(work_dtype)
@@ -161,7 +168,7 @@ class _RoutingFunction(torch.autograd.Function):
                 per_iter += [w, s_norm, v, a_raw, c_next]
                 c = c_next
             w = c * inv if normalize else c
-            s = torch.bmm(u, w.to(u.dtype).unsqueeze(2)).squeeze(2)
+            s = _contract_children(u, w)
         # `inv` is unused without normalisation; `w` stands in for it so the saved list keeps one layout
         ctx.save_for_backward(u, inv if normalize else w, w, *per_iter)
         ctx.iters, ctx.lam, ctx.normalize = iters, lam, normalize
@@ -195,7 +202,7 @@ class _RoutingFunction(torch.autograd.Function):
                 # a_raw_k = v_kᵀ u
                 left.append(v)
                 right.append(g_a_raw)
-                g_v = torch.bmm(u, g_a_raw.to(u.dtype).unsqueeze(2)).squeeze(2).to(work_dtype)
+                g_v = _contract_children(u, g_a_raw).to(work_dtype)
                 # v_k = s_k / max(‖s_k‖, eps)
                 safe_norm = s_norm.clamp_min(_EPS)
                 g_s_k = torch.where(
@@ -210,7 +217,8 @@ class _RoutingFunction(torch.autograd.Function):
                         g_inv = g_inv + g_w * c_k
                         g_w = g_w * inv
                     g_c = g_w
-            lhs = torch.stack(left, dim=2).to(u.dtype)  # (M, D, K)
+            # stacked along dim 1, each (M, D) / (M, N) is one contiguous block per matrix: a cheap copy
+            lhs = torch.stack(left, dim=1).to(u.dtype).transpose(1, 2)  # (M, D, K)
             rhs = torch.stack(right, dim=1).to(u.dtype)  # (M, K, N)
             if normalize:
                 # inv_n = 1 / max(‖u_n‖, eps): d inv_n / d u_n = -inv_n³ u_n where ‖u_n‖ > eps
