@@ -25,6 +25,19 @@ def shipped_tags():
     return sorted(name for name in timm.list_pretrained() if (PRETRAINED_DIR / f'{name}.safetensors').exists())
 
 
+def zoo_table(tags) -> str:
+    """Markdown table of the shipped tags: parameters and the accuracies of their evidence."""
+    lines = ['| model | params (M) | test top-1 | test top-5 | validation top-1 | card |', '|---|---|---|---|---|---|']
+    for tag in tags:
+        evals = load_evidence(ROOT / 'results' / tag)['evals']
+        params = sum(p.numel() for p in timm.create_model(tag).parameters()) / 1e6
+        test, val = evals['test'], evals.get('validation')
+        lines.append(
+            f"| `{tag}` | {params:.3f} | {test['top1']:.2f} | {test['top5']:.2f} | "
+            f"{val['top1']:.2f} | [card](model_cards/{tag}.md) |" if val else '')
+    return '\n'.join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('tags', nargs='*', help='model.tag names (default: every shipped tag)')
@@ -32,7 +45,11 @@ def main(argv=None) -> int:
     parser.add_argument('--hub-dir', default=str(ROOT / 'hub'))
     parser.add_argument('--push', action='store_true', help='upload each folder to its hf_hub_id')
     parser.add_argument('--token', default=None, help='Hugging Face token (default: the logged-in user)')
+    parser.add_argument('--zoo-table', action='store_true', help="print the README's zoo table and stop")
     args = parser.parse_args(argv)
+    if args.zoo_table:
+        print(zoo_table(args.tags or shipped_tags()))
+        return 0
     tags = args.tags or shipped_tags()
     unknown = [t for t in tags if t not in shipped_tags()]
     if unknown:

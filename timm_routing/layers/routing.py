@@ -150,12 +150,14 @@ class _RoutingFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u: torch.Tensor, iters: int, lam: float, normalize: bool):
+        ctx.set_materialize_grads(False)  # an unused output (often the couplings) gets no zero gradient to add
         work_dtype = torch.promote_types(u.dtype, torch.float32)
+        num_children = u.shape[2]
         with torch.autocast(device_type=u.device.type, enabled=False):
             inv = torch.linalg.vector_norm(u, dim=1, dtype=work_dtype).clamp_min(_EPS).reciprocal() if normalize \
                 else None
-            c = torch.full((u.shape[0], u.shape[2]), 1. / u.shape[2], dtype=work_dtype, device=u.device)
-            b = torch.zeros_like(c)
+            c = torch.full((u.shape[0], num_children), 1. / num_children, dtype=work_dtype, device=u.device)
+            b = None  # b = 0 before the first iteration
             per_iter = []
             for _ in range(iters):
                 w = c * inv if normalize else c
@@ -163,10 +165,10 @@ class _RoutingFunction(torch.autograd.Function):
                 s_norm = torch.linalg.vector_norm(s, dim=1, keepdim=True)
                 v = s / s_norm.clamp_min(_EPS)
                 a_raw = torch.bmm(v.to(u.dtype).unsqueeze(1), u).squeeze(1).to(work_dtype)
-                b = b + (a_raw * inv if normalize else a_raw)
-                c_next = torch.softmax(lam * b, dim=-1)
-                per_iter += [w, s_norm, v, a_raw, c_next]
-                c = c_next
+                a = a_raw * inv if normalize else a_raw
+                b = a if b is None else b + a
+                c = torch.softmax(lam * b, dim=-1)
+                per_iter += [w, s_norm, v, a_raw, c]
             w = c * inv if normalize else c
             s = _contract_children(u, w)
         # `inv` is unused without normalisation; `w` stands in for it so the saved list keeps one layout
@@ -175,54 +177,59 @@ class _RoutingFunction(torch.autograd.Function):
         return s, c.to(u.dtype)
 
     @staticmethod
-    def backward(ctx, grad_s: torch.Tensor, grad_c: torch.Tensor):
+    def backward(ctx, grad_s: Optional[torch.Tensor], grad_c: Optional[torch.Tensor]):
         u, inv, w_final, *per_iter = ctx.saved_tensors
         iters, lam, normalize = ctx.iters, ctx.lam, ctx.normalize
         work_dtype = torch.promote_types(u.dtype, torch.float32)
+        uniform = torch.full_like(w_final, 1. / u.shape[2])  # c_0
         with torch.autocast(device_type=u.device.type, enabled=False):
-            g_s = grad_s.to(work_dtype).contiguous()  # an expanded gradient would send bmm down a per-matrix path
-            left, right = [g_s], [w_final]  # dL/du = sum of left_k ⊗ right_k
-            g_inv = torch.zeros_like(w_final) if normalize else None
-            g_c = grad_c.to(work_dtype).contiguous()
-            if iters > 0 or normalize:  # otherwise the final couplings are the constant 1/N
+            # an expanded gradient would send bmm down a per-matrix path: make it contiguous
+            g_s = grad_s.to(work_dtype).contiguous() if grad_s is not None else torch.zeros_like(u[:, :, 0], dtype=work_dtype)
+            g_c = grad_c.to(work_dtype) if grad_c is not None else None
+            left, right = [g_s], [w_final]  # dL/du = sum of left_k ⊗ right_k (+ the norm term)
+            g_inv = None
+            if grad_s is not None and (iters > 0 or normalize):  # with neither, the final couplings are constant
                 g_w = torch.bmm(g_s.to(u.dtype).unsqueeze(1), u).squeeze(1).to(work_dtype)
                 if normalize:
-                    c_final = per_iter[-1] if iters > 0 else torch.full_like(w_final, 1. / u.shape[2])
-                    g_inv = g_inv + g_w * c_final
+                    g_inv = g_w * (per_iter[-1] if iters > 0 else uniform)
                     g_w = g_w * inv
-                g_c = g_c + g_w
-            g_b = torch.zeros_like(w_final)
+                g_c = g_w if g_c is None else g_c + g_w
+            g_b = None  # dL/db_{k+1}, carried down the iterations
             for k in range(iters - 1, -1, -1):
                 w, s_norm, v, a_raw, c_next = per_iter[5 * k:5 * k + 5]
                 # c_{k+1} = softmax(λ b_{k+1}); b_{k+1} = b_k + a_k
-                g_b = g_b + lam * c_next * (g_c - (g_c * c_next).sum(1, keepdim=True))
+                if g_c is not None:
+                    g_soft = lam * torch.ops.aten._softmax_backward_data(g_c, c_next, 1, work_dtype)
+                    g_b = g_soft if g_b is None else g_b + g_soft
+                if g_b is None:
+                    continue  # nothing upstream depends on the couplings
                 g_a_raw = g_b * inv if normalize else g_b
                 if normalize:
-                    g_inv = g_inv + g_b * a_raw
+                    g_inv = g_b * a_raw if g_inv is None else g_inv + g_b * a_raw
                 # a_raw_k = v_kᵀ u
                 left.append(v)
                 right.append(g_a_raw)
                 g_v = _contract_children(u, g_a_raw).to(work_dtype)
-                # v_k = s_k / max(‖s_k‖, eps)
+                # v_k = s_k / max(‖s_k‖, eps): the projection applies only where the norm is above the floor
                 safe_norm = s_norm.clamp_min(_EPS)
-                g_s_k = torch.where(
-                    s_norm > _EPS, (g_v - v * (v * g_v).sum(1, keepdim=True)) / safe_norm, g_v / safe_norm)
-                # s_k = u w_k, w_k = c_k (· inv); c_0 is the constant 1/N
+                v_proj = v * (s_norm > _EPS).to(work_dtype)
+                g_s_k = (g_v - v_proj * (v * g_v).sum(1, keepdim=True)) / safe_norm
+                # s_k = u w_k with w_k = c_k (· inv); c_0 is the constant 1/N
                 left.append(g_s_k)
                 right.append(w)
+                g_c = None
                 if k > 0 or normalize:
                     g_w = torch.bmm(g_s_k.to(u.dtype).unsqueeze(1), u).squeeze(1).to(work_dtype)
-                    c_k = per_iter[5 * k - 1] if k > 0 else torch.full_like(w, 1. / u.shape[2])
                     if normalize:
-                        g_inv = g_inv + g_w * c_k
+                        g_inv = g_inv + g_w * (per_iter[5 * k - 1] if k > 0 else uniform)
                         g_w = g_w * inv
                     g_c = g_w
             # stacked along dim 1, each (M, D) / (M, N) is one contiguous block per matrix: a cheap copy
             lhs = torch.stack(left, dim=1).to(u.dtype).transpose(1, 2)  # (M, D, K)
             rhs = torch.stack(right, dim=1).to(u.dtype)  # (M, K, N)
-            if normalize:
+            if normalize and g_inv is not None:
                 # inv_n = 1 / max(‖u_n‖, eps): d inv_n / d u_n = -inv_n³ u_n where ‖u_n‖ > eps
-                coef = torch.where(inv < 1. / _EPS, -g_inv * inv.pow(3), torch.zeros_like(inv))
+                coef = -g_inv * inv.pow(3) * (inv < 1. / _EPS).to(work_dtype)
                 grad_u = torch.baddbmm(u * coef.to(u.dtype).unsqueeze(1), lhs, rhs)
             else:
                 grad_u = torch.bmm(lhs, rhs)
