@@ -171,9 +171,31 @@ def machine_description(device) -> str:
     return f'{hw}; torch {torch.__version__}, timm {timm.__version__}, Python {platform.python_version()}'
 
 
+def target_lines(results: dict) -> List[str]:
+    """The issue's targets, as ratios of this run: routing (1 iteration) against average pooling."""
+    def ratio(model, batch):
+        rows = {r['head']: r for r in results['models'] if r['model'] == model and r['batch'] == batch}
+        return rows['routing-1']['train_s'] / rows['avg']['train_s'] if 'routing-1' in rows else None
+
+    lines = []
+    for model, batch, limit in (('resnet20', 128, 1.03), ('resnet50', max(
+            [r['batch'] for r in results['models'] if r['model'] == 'resnet50'] or [0]), 1.01)):
+        value = ratio(model, batch)
+        if value is not None:
+            lines.append(f'- {model} training step at batch {batch}, routing (1 iteration) / average: {value:.3f} '
+                         f'(target <= {limit}: {"met" if value <= limit else "NOT met"})')
+    layer = {r['head']: r for r in results['layers']}
+    if 'routing-1' in layer:
+        value = layer['routing-1']['vs_avg']
+        lines.append(f"- pooling layer alone on {tuple(layer['avg']['shape'])}, forward+backward, routing (1 iteration) "
+                     f'/ average: {value:.2f} (target <= 3: {"met" if value <= 3 else "NOT met"})')
+    return lines
+
+
 def to_markdown(results: dict) -> str:
     mem_label = 'peak MB' if results['device'] == 'cuda' else 'saved for backward MB'
     lines = [f"Machine: {results['machine']}", '', f'Command: `{results["command"]}`', '']
+    lines += target_lines(results) + ['']
     lines += [f'| model | batch | head | inference img/s | train img/s | train step vs avg | {mem_label} |',
               '|---|---|---|---|---|---|---|']
     for r in results['models']:
