@@ -9,7 +9,6 @@ validation` is the seeded stratified hold-out of `timm_routing.data.export_image
 `--seed`). The JSON records the model, weight file and dataset hashes and the command, as the model cards quote it.
 """
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ from PIL import Image
 import timm
 from timm.data import create_transform, resolve_data_config
 
-from .data import load_npz, stratified_holdout
+from .data import load_npz, sha256_file, stratified_holdout
 
 __all__ = ['load_split', 'evaluate_arrays', 'evaluate_model', 'main']
 
@@ -66,14 +65,6 @@ def evaluate_arrays(model: torch.nn.Module, images: np.ndarray, labels: np.ndarr
     return dict(n=n, top1=100. * correct1 / n, top5=100. * correct5 / n)
 
 
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def evaluate_model(model_name: str, npz_path, split: str = 'test', checkpoint: Optional[str] = None,
                    val_size: int = 5000, seed: int = 0, limit: Optional[int] = None, batch_size: int = 256,
                    progress: bool = False) -> Dict[str, Any]:
@@ -83,8 +74,8 @@ def evaluate_model(model_name: str, npz_path, split: str = 'test', checkpoint: O
     result = evaluate_arrays(model, images, labels, batch_size, progress)
     weights = checkpoint or model.pretrained_cfg.get('file')
     result.update(
-        model=model_name, split=split, limit=limit, dataset=Path(npz_path).name, dataset_sha256=_sha256(npz_path),
-        weights=Path(weights).name if weights else None, weights_sha256=_sha256(weights) if weights else None,
+        model=model_name, split=split, limit=limit, dataset=Path(npz_path).name, dataset_sha256=sha256_file(npz_path),
+        weights=Path(weights).name if weights else None, weights_sha256=sha256_file(weights) if weights else None,
         torch=torch.__version__, timm=timm.__version__,
     )
     return result

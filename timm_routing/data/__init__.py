@@ -1,1 +1,1 @@
-from .npz import class_folder_names, export_image_folder, load_npz, stratified_holdout
+from .npz import class_folder_names, export_image_folder, load_npz, sha256_file, stratified_holdout

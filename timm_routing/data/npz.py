@@ -21,7 +21,7 @@ from typing import Dict, Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
-__all__ = ['load_npz', 'stratified_holdout', 'class_folder_names', 'export_image_folder']
+__all__ = ['load_npz', 'stratified_holdout', 'class_folder_names', 'export_image_folder', 'sha256_file']
 
 _REQUIRED = ('x_train', 'y_train', 'x_test', 'y_test')
 
@@ -90,7 +90,8 @@ def _write_split(out: Path, images: np.ndarray, labels: np.ndarray, indices: np.
         Image.fromarray(img).save(out / folders[int(labels[i])] / f'{i:05d}.png')
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path) -> str:
+    """Hex SHA-256 of a file (datasets and weights are identified by it in the evidence files)."""
     h = hashlib.sha256()
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''):
@@ -132,7 +133,7 @@ def export_image_folder(
     _write_split(out_dir / 'test', x_test, y_test, np.arange(len(y_test)), folders)
     counts = dict(train=len(train_idx), validation=len(val_idx), test=len(y_test))
     manifest = dict(
-        source=npz_path.name, source_sha256=_sha256(npz_path), seed=seed, val_size=val_size, limit=limit,
+        source=npz_path.name, source_sha256=sha256_file(npz_path), seed=seed, val_size=val_size, limit=limit,
         class_folders=folders, counts=counts, validation_indices=val_idx.tolist(),
     )
     (out_dir / 'split.json').write_text(json.dumps(manifest, indent=1))
