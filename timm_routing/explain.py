@@ -1,0 +1,99 @@
+""" Coupling-coefficient heatmaps: where a routing pool looks (paper §4.2, Table 3)
+
+The coupling coefficients `c` of a routing pooling head weigh the spatial positions of each channel group; they sum
+to 1 over the positions. `coupling_maps` returns them per image and group, upsampled to the input size;
+`heatmaps` reduces them to one map per image (the mean over groups, or one group); `overlay` and `save_grid` render
+them as in the paper's Table 3 (images on the top row, heatmaps below).
+"""
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from .layers import RoutingPool2d
+
+__all__ = ['find_routing_pool', 'coupling_maps', 'heatmaps', 'overlay', 'save_grid']
+
+
+def find_routing_pool(model: nn.Module) -> RoutingPool2d:
+    """The model's routing pooling layer.
+
+    Raises:
+        ValueError: the model has no RoutingPool2d, or more than one.
+    """
+    pools = [m for m in model.modules() if isinstance(m, RoutingPool2d)]
+    if len(pools) != 1:
+        raise ValueError(
+            f'{type(model).__name__} has {len(pools)} routing pooling layers; heatmaps need exactly one '
+            f"(create the model with global_pool='routing').")
+    return pools[0]
+
+
+@torch.no_grad()
+def coupling_maps(model: nn.Module, x: torch.Tensor, upsample: bool = True) -> torch.Tensor:
+    """Coupling coefficients of the routing pool for a batch, `(B, G, H, W)`.
+
+    Args:
+        model: A timm model with a routing pooling head (`forward_features` feeds it).
+        x: Normalised input batch `(B, C, H, W)`.
+        upsample: Resize the maps bilinearly to the input's H x W (else the feature map's size).
+    """
+    pool = find_routing_pool(model)
+    _, couplings = pool.route(model.forward_features(x))
+    couplings = couplings.float()
+    if upsample:
+        couplings = F.interpolate(couplings, size=x.shape[-2:], mode='bilinear', align_corners=False)
+    return couplings
+
+
+def heatmaps(maps: torch.Tensor, group: Optional[int] = None) -> torch.Tensor:
+    """One `(B, H, W)` map per image in [0, 1]: the mean over the channel groups, or group `group`; each map is
+    scaled by its own range (a constant map becomes 0)."""
+    if group is not None:
+        if not 0 <= group < maps.shape[1]:
+            raise ValueError(f'group {group} out of range: the maps have {maps.shape[1]} groups.')
+        heat = maps[:, group]
+    else:
+        heat = maps.mean(1)
+    low = heat.amin((1, 2), keepdim=True)
+    span = heat.amax((1, 2), keepdim=True) - low
+    return torch.where(span > 0, (heat - low) / span.clamp_min(1e-12), torch.zeros_like(heat))
+
+
+def _jet(values: np.ndarray) -> np.ndarray:
+    """Jet colour map of values in [0, 1] -> uint8 RGB."""
+    v = np.clip(values, 0., 1.)[..., None]
+    rgb = np.clip(1.5 - np.abs(4. * v - np.array([3., 2., 1.])), 0., 1.)
+    return (rgb * 255).astype(np.uint8)
+
+
+def overlay(image: Union[Image.Image, np.ndarray], heat: Union[torch.Tensor, np.ndarray], alpha: float = 0.5,
+            scale: int = 1) -> Image.Image:
+    """The image blended with the jet-coloured heatmap (both at the heatmap's size, enlarged `scale` times)."""
+    heat = heat.detach().cpu().numpy() if isinstance(heat, torch.Tensor) else np.asarray(heat)
+    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image).squeeze())
+    img = img.convert('RGB').resize((heat.shape[1], heat.shape[0]), Image.BILINEAR)
+    blended = (1 - alpha) * np.asarray(img, dtype=np.float32) + alpha * _jet(heat).astype(np.float32)
+    out = Image.fromarray(blended.clip(0, 255).astype(np.uint8))
+    return out.resize((out.width * scale, out.height * scale), Image.NEAREST) if scale > 1 else out
+
+
+def save_grid(images: Sequence[Union[Image.Image, np.ndarray]], heats: torch.Tensor, path: Union[str, Path],
+              scale: int = 4, alpha: float = 0.6) -> Path:
+    """Writes a PNG like the paper's Table 3: the images on the top row, their heatmap overlays below."""
+    if len(images) != len(heats):
+        raise ValueError(f'{len(images)} images but {len(heats)} heatmaps.')
+    h, w = heats.shape[-2:]
+    tile_h, tile_w = h * scale, w * scale
+    grid = Image.new('RGB', (tile_w * len(images), tile_h * 2), 'white')
+    for i, (image, heat) in enumerate(zip(images, heats)):
+        img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image).squeeze())
+        grid.paste(img.convert('RGB').resize((tile_w, tile_h), Image.NEAREST), (i * tile_w, 0))
+        grid.paste(overlay(img, heat, alpha=alpha).resize((tile_w, tile_h), Image.NEAREST), (i * tile_w, tile_h))
+    path = Path(path)
+    grid.save(path)
+    return path
