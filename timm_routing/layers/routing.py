@@ -20,6 +20,7 @@ an epsilon floor so outputs and gradients stay finite; the softmax subtracts its
 Speed: eager calls run `_RoutingFunction`, whose backward reads the feature map once per read of the forward and
 writes the gradient once; TorchScript runs the same math with plain autograd (`_route_reference`).
 """
+import contextlib
 import math
 from typing import Callable, Optional, Tuple, Union
 
@@ -130,6 +131,13 @@ def _route_reference(u: torch.Tensor, iters: int, lam: float, normalize: bool) -
     return (u * c.unsqueeze(1)).sum(2), c
 
 
+def _autocast_off(device: torch.device):
+    """Context without autocast on `device` (a no-op where autocast does not exist, e.g. the meta device)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _contract_children(u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """`Σ_n w[m, n] u[m, :, n]`: `(M, D, N), (M, N) -> (M, D)`, in `u`'s dtype.
 
@@ -153,7 +161,7 @@ class _RoutingFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)  # an unused output (often the couplings) gets no zero gradient to add
         work_dtype = torch.promote_types(u.dtype, torch.float32)
         num_children = u.shape[2]
-        with torch.autocast(device_type=u.device.type, enabled=False):
+        with _autocast_off(u.device):
             inv = torch.linalg.vector_norm(u, dim=1, dtype=work_dtype).clamp_min(_EPS).reciprocal() if normalize \
                 else None
             c = torch.full((u.shape[0], num_children), 1. / num_children, dtype=work_dtype, device=u.device)
@@ -182,7 +190,7 @@ class _RoutingFunction(torch.autograd.Function):
         iters, lam, normalize = ctx.iters, ctx.lam, ctx.normalize
         work_dtype = torch.promote_types(u.dtype, torch.float32)
         uniform = torch.full_like(w_final, 1. / u.shape[2])  # c_0
-        with torch.autocast(device_type=u.device.type, enabled=False):
+        with _autocast_off(u.device):
             # an expanded gradient would send bmm down a per-matrix path: make it contiguous
             g_s = grad_s.to(work_dtype).contiguous() if grad_s is not None else torch.zeros_like(u[:, :, 0], dtype=work_dtype)
             g_c = grad_c.to(work_dtype) if grad_c is not None else None
