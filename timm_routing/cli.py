@@ -14,6 +14,7 @@ import timm
 
 from .layers import RoutingPool2d
 from .models import routing_model_names
+from .models.backbones import _find_global_pool
 
 __all__ = ['describe_model', 'main']
 
@@ -45,19 +46,19 @@ def describe_model(name: str) -> Dict[str, Any]:
         params_m=sum(p.numel() for p in model.parameters()) / 1e6,
         gmacs=counter.get_total_flops() / 2e9,
         input_size='x'.join(str(s) for s in input_size),
-        global_pool=model.head.global_pool.pool_type if hasattr(model, 'head') else '?',
+        global_pool=_find_global_pool(model)[2].pool_type,
         output=tuple(out.shape),
         routing=_routing_settings(model),
     )
 
 
 def _print_table(rows: List[Dict[str, Any]]) -> None:
-    header = f"{'model':<20} {'params (M)':>10} {'GMACs':>8} {'input':>9} {'pool':>8}  routing"
+    header = f"{'model':<24} {'params (M)':>10} {'GMACs':>8} {'input':>10} {'pool':>8}  routing"
     print(header)
     print('-' * len(header))
     for r in rows:
         print(
-            f"{r['name']:<20} {r['params_m']:>10.3f} {r['gmacs']:>8.4f} {r['input_size']:>9} {r['global_pool']:>8}  "
+            f"{r['name']:<24} {r['params_m']:>10.3f} {r['gmacs']:>8.4f} {r['input_size']:>10} {r['global_pool']:>8}  "
             f"{r['routing']}")
 
 
