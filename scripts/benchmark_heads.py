@@ -187,8 +187,9 @@ def target_lines(results: dict) -> List[str]:
     layer = {r['head']: r for r in results['layers']}
     if 'routing-1' in layer:
         value = layer['routing-1']['vs_avg']
-        lines.append(f"- pooling layer alone on {tuple(layer['avg']['shape'])}, forward+backward, routing (1 iteration) "
-                     f'/ average: {value:.2f} (target <= 3: {"met" if value <= 3 else "NOT met"})')
+        lines.append(f"- pooling layer alone on {tuple(layer['avg']['shape'])}, forward+backward, "
+                     f'routing (1 iteration) / average: {value:.2f} '
+                     f'(target <= 3: {"met" if value <= 3 else "NOT met"})')
     return lines
 
 

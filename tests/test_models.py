@@ -20,7 +20,8 @@ def test_every_family_is_registered():
     assert expected <= set(ALL_MODELS)
 
 
-@pytest.mark.parametrize('name, params_m', [('resnet20', 0.27), ('resnet32', 0.46), ('resnet44', 0.66), ('resnet56', 0.85)])
+@pytest.mark.parametrize(
+    'name, params_m', [('resnet20', 0.27), ('resnet32', 0.46), ('resnet44', 0.66), ('resnet56', 0.85)])
 def test_resnet_parameter_counts_match_table2(name, params_m):
     for variant in (name, f'{name}_routing'):
         model = timm.create_model(variant, num_classes=10)
@@ -139,7 +140,8 @@ def test_pretrained_cfg():
     model = timm.create_model('resnet20_routing')
     cfg = model.pretrained_cfg
     assert cfg['input_size'] == (3, 32, 32) and cfg['crop_pct'] == 1.0 and cfg['num_classes'] == 10
-    assert cfg['mean'] == pytest.approx((0.4914, 0.4822, 0.4465)) and cfg['std'] == pytest.approx((0.2470, 0.2435, 0.2616))
+    assert cfg['mean'] == pytest.approx((0.4914, 0.4822, 0.4465))
+    assert cfg['std'] == pytest.approx((0.2470, 0.2435, 0.2616))
     assert tuple(cfg['label_names']) == CIFAR10_CLASSES
     data_cfg = resolve_data_config(model=model)
     assert data_cfg['input_size'] == (3, 32, 32) and data_cfg['crop_pct'] == 1.0

@@ -116,7 +116,8 @@ def test_gradcheck_float64(iters, normalize, activation):
     assert torch.autograd.gradcheck(
         lambda t: dynamic_routing(t, iters=iters, lam=2.0, normalize=normalize)[1], (u,))
     assert torch.autograd.gradcheck(
-        lambda t: sum(o.sum() * w for o, w in zip(dynamic_routing(t, iters=iters, lam=2.0, normalize=normalize), (1., 3.))),
+        lambda t: sum(
+            o.sum() * w for o, w in zip(dynamic_routing(t, iters=iters, lam=2.0, normalize=normalize), (1., 3.))),
         (u,))
 
 

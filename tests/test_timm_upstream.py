@@ -46,7 +46,8 @@ def fetch_upstream_test_models() -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         sdists = list(Path(tmp).glob('timm-*.tar.gz'))
         if proc.returncode != 0 and not sdists:
-            raise RuntimeError(f'pip download of the timm=={timm.__version__} sdist failed: {proc.stderr.strip()[-500:]}')
+            raise RuntimeError(
+                f'pip download of the timm=={timm.__version__} sdist failed: {proc.stderr.strip()[-500:]}')
         if not sdists:
             raise RuntimeError(f'pip download gave no timm sdist for timm=={timm.__version__}')
         with tarfile.open(sdists[0]) as tar:

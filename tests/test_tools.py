@@ -37,7 +37,8 @@ def test_export_image_folder(tiny_npz, tmp_path):
     assert train_names.isdisjoint({f'{i:05d}' for i in val_idx})
     # pixels survive the round trip
     i = val_idx[0]
-    img = np.asarray(Image.open(out / 'validation' / class_folder_names(data['class_names'])[data['y_train'][i]] / f'{i:05d}.png'))
+    folder = class_folder_names(data['class_names'])[data['y_train'][i]]
+    img = np.asarray(Image.open(out / 'validation' / folder / f'{i:05d}.png'))
     np.testing.assert_array_equal(img, data['x_train'][i, ..., 0])
     with pytest.raises(FileExistsError, match='already holds an exported dataset'):
         export_image_folder(tiny_npz, out)

@@ -151,7 +151,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     rows = _explain(DEMO_MODEL, paths, Path(args.out), group=None)
     _print_predictions(rows)
     from .data import class_folder_names  # the file names carry the label as the export writes class folders
-    correct = sum(Path(r['image']).stem.split('_', 1)[1] == class_folder_names([r['top'][0][0]])[0][3:] for r in rows[:-1])
+    correct = sum(
+        Path(r['image']).stem.split('_', 1)[1] == class_folder_names([r['top'][0][0]])[0][3:] for r in rows[:-1])
     print(f'{correct}/{len(paths)} top-1 correct')
     return 0
 

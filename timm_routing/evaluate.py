@@ -27,7 +27,8 @@ __all__ = ['load_split', 'evaluate_arrays', 'evaluate_model', 'main']
 
 
 def load_split(npz_path, split: str = 'test', val_size: int = 5000, seed: int = 0, limit: Optional[int] = None):
-    """Images and labels of `split` ('train' without the hold-out, 'validation', 'test'), optionally the first `limit`."""
+    """Images and labels of `split` ('train' without the hold-out, 'validation', 'test'), the first `limit` only
+    if given."""
     data = load_npz(npz_path)
     if split == 'test':
         x, y = data['x_test'], data['y_test']

@@ -16,7 +16,10 @@ from PIL import Image
 
 from .layers import RoutingPool2d
 
-__all__ = ['find_routing_pool', 'coupling_maps', 'heatmaps', 'overlay', 'save_grid']
+__all__ = [
+    'find_routing_pool', 'coupling_maps', 'heatmaps', 'overlay', 'save_grid', 'grad_cam', 'deletion_insertion',
+    'curve_area',
+]
 
 
 def find_routing_pool(model: nn.Module) -> RoutingPool2d:
@@ -97,3 +100,62 @@ def save_grid(images: Sequence[Union[Image.Image, np.ndarray]], heats: torch.Ten
     path = Path(path)
     grid.save(path)
     return path
+
+
+def grad_cam(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al. 2017) on the model's last feature map, `(B, H, W)` upsampled to the input, in [0, 1].
+
+    The map is `ReLU(Σ_k α_k A_k)` with `α_k` the spatial mean of `∂y_target / ∂A_k`, `A = forward_features(x)`;
+    `target` defaults to the predicted class.
+    """
+    model.eval()
+    with torch.enable_grad():
+        feats = model.forward_features(x).detach().requires_grad_(True)
+        logits = model.forward_head(feats)
+        if target is None:
+            target = logits.argmax(1)
+        score = logits.gather(1, target.view(-1, 1)).sum()
+        grads, = torch.autograd.grad(score, feats)
+    cam = torch.relu((grads.mean((2, 3), keepdim=True) * feats).sum(1, keepdim=True))
+    cam = F.interpolate(cam, size=x.shape[-2:], mode='bilinear', align_corners=False)[:, 0]
+    return heatmaps(cam.unsqueeze(1).detach())
+
+
+@torch.no_grad()
+def deletion_insertion(model: nn.Module, x: torch.Tensor, heat: torch.Tensor, target: torch.Tensor,
+                       baseline: Optional[torch.Tensor] = None, steps: int = 16):
+    """Deletion and insertion curves (Petsiuk et al. 2018) of saliency maps.
+
+    Pixels are ranked by `heat` (hottest first). Deletion replaces the top fraction `k / steps` of them by `baseline`
+    and records the target's probability; insertion starts from `baseline` and puts the top fraction back. A faithful
+    map makes the deletion curve fall fast (low area) and the insertion curve rise fast (high area).
+
+    Args:
+        x: Normalised inputs `(B, C, H, W)`.
+        heat: Saliency `(B, H, W)`.
+        target: Class per image `(B,)`.
+        baseline: Image the removed pixels take (default: zeros, the dataset mean after normalisation).
+        steps: Fractions 0, 1/steps, ..., 1.
+
+    Returns:
+        `(deletion, insertion)`: probabilities `(steps + 1, B)`; their trapezoid areas are `curve_area(...)`.
+    """
+    model.eval()
+    baseline = torch.zeros_like(x) if baseline is None else baseline
+    b, _, h, w = x.shape
+    order = heat.reshape(b, -1).argsort(dim=1, descending=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(h * w, device=x.device).expand(b, -1))
+    rank = rank.reshape(b, 1, h, w)
+    deletion, insertion = [], []
+    for k in range(steps + 1):
+        top = rank < round(k / steps * h * w)  # the hottest fraction k / steps
+        for curve, image in ((deletion, torch.where(top, baseline, x)), (insertion, torch.where(top, x, baseline))):
+            curve.append(model(image).softmax(1).gather(1, target.view(-1, 1))[:, 0])
+    return torch.stack(deletion), torch.stack(insertion)
+
+
+def curve_area(curve: torch.Tensor) -> torch.Tensor:
+    """Trapezoid area under curves sampled at evenly spaced fractions 0..1, `(steps + 1, B) -> (B,)`."""
+    steps = curve.shape[0] - 1
+    return (curve[1:] + curve[:-1]).sum(0) / (2 * steps)

@@ -84,12 +84,14 @@ def render_model_card(model_tag: str, evidence: Dict[str, Any], recipe: Optional
               f'  - Image size: {height} x {width} ({in_chans} channel{"s" if in_chans > 1 else ""})',
               f"  - Pooling: {stats['global_pool']}" + (f" ({stats['routing']})" if stats['routing'] != '-' else ''),
               f'- **Dataset:** {dataset_note}',
-              '- **Papers:**', '  - Exploring Dynamic Routing As A Pooling Layer (Zhao & Huang, ICCV 2019 workshop SDL-CV)']
+              '- **Papers:**',
+              '  - Exploring Dynamic Routing As A Pooling Layer (Zhao & Huang, ICCV 2019 workshop SDL-CV)']
     if cfg.get('paper_name') and 'Routing' not in cfg['paper_name']:
         lines.append(f"  - {cfg['paper_name']}: https://arxiv.org/abs/{cfg['paper_ids'].split(':')[-1]}"
                      if cfg.get('paper_ids') else f"  - {cfg['paper_name']}")
     lines += ['- **Original:** timm-routing (`import timm_routing` registers its models with timm)', '']
-    lines += ['## Model Usage', '### Image Classification', '```python', 'import timm', 'import timm_routing  # registers the models',
+    lines += ['## Model Usage', '### Image Classification', '```python', 'import timm',
+              'import timm_routing  # registers the models',
               'import torch', 'from PIL import Image', '',
               f"model = timm.create_model('{model_tag}', pretrained=True).eval()  # weights ship with the package",
               f"# or the published copy: timm.create_model('hf-hub:{cfg.get('hf_hub_id', '')}', pretrained=True)",
@@ -109,13 +111,15 @@ def render_model_card(model_tag: str, evidence: Dict[str, Any], recipe: Optional
     if stats['routing'] != '-':
         lines += ['### Routing coupling coefficients (where the pooling looks)', '```python',
                   f"model = timm.create_model('{model_tag}', pretrained=True).eval()",
-                  f'pooled, couplings = model.head.global_pool.route(model.forward_features(torch.randn(1, {in_chans}, {height}, {width})))',
+                  f'x = torch.randn(1, {in_chans}, {height}, {width})',
+                  'pooled, couplings = model.head.global_pool.route(model.forward_features(x))',
                   '# couplings: (batch, capsule groups, H, W), summing to 1 over H x W', '```', '']
     lines += ['### Fine-tuning with timm\'s train.py', '```bash',
               f'python train.py --model {model_tag} --pretrained --device-modules timm_routing \\',
               '    --data-dir <imagefolder> --num-classes <N> ...', '```', '']
     lines += ['## Results', '',
-              'Measured on the shipped weights by `python -m timm_routing.evaluate` (timm\'s evaluation transform):', '',
+              'Measured on the shipped weights by `python -m timm_routing.evaluate` '
+              '(timm\'s evaluation transform):', '',
               '| split | images | top-1 (%) | top-5 (%) | command |', '|---|---|---|---|---|']
     for name, r in evals.items():
         split = r['split'] + (f" (first {r['limit']})" if r.get('limit') else '')

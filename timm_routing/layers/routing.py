@@ -42,7 +42,8 @@ _EPS = 1e-12
 def squash(s: torch.Tensor, dim: int = -1, eps: float = _EPS) -> torch.Tensor:
     """Squash non-linearity of Sabour et al. 2017: `‖s‖² / (1 + ‖s‖²) · s / ‖s‖`.
 
-    Written as `s · ‖s‖ / (1 + ‖s‖²)` with an epsilon inside the square root, so the gradient at `s = 0` is finite.
+    Written as `s · ‖s‖ / (1 + ‖s‖²)` with an epsilon inside the square root, so the gradient at `s = 0` is
+    finite.
     """
     sq_norm = s.pow(2).sum(dim, keepdim=True)
     return s * torch.sqrt(sq_norm + eps) / (1. + sq_norm)
@@ -151,8 +152,8 @@ class _RoutingFunction(torch.autograd.Function):
 
     The children enter the routing only through matrix-vector products, `s_k = u w_k` and `a_k = v_kᵀ u` (plus the
     norms `‖u_n‖` when normalising), so `∂L/∂u = Σ_k g_k ⊗ h_k` (plus a column scaling of `u`); the backward
-    collects the K = 2·iters + 1 pairs `(g_k, h_k)` while it walks the iterations back on `(M, D)` and `(M, N)` tensors,
-    then writes `∂L/∂u` with one batched product `(M, D, K) @ (M, K, N)`.
+    collects the K = 2·iters + 1 pairs `(g_k, h_k)` while it walks the iterations back on `(M, D)` and `(M, N)`
+    tensors, then writes `∂L/∂u` with one batched product `(M, D, K) @ (M, K, N)`.
     Small tensors are float32 (float64 stays float64); products with `u` run in `u`'s dtype, outside autocast.
     """
 
@@ -192,7 +193,8 @@ class _RoutingFunction(torch.autograd.Function):
         uniform = torch.full_like(w_final, 1. / u.shape[2])  # c_0
         with _autocast_off(u.device):
             # an expanded gradient would send bmm down a per-matrix path: make it contiguous
-            g_s = grad_s.to(work_dtype).contiguous() if grad_s is not None else torch.zeros_like(u[:, :, 0], dtype=work_dtype)
+            g_s = grad_s.to(work_dtype).contiguous() if grad_s is not None \
+                else torch.zeros_like(u[:, :, 0], dtype=work_dtype)
             g_c = grad_c.to(work_dtype) if grad_c is not None else None
             left, right = [g_s], [w_final]  # dL/du = sum of left_k ⊗ right_k (+ the norm term)
             g_inv = None
@@ -339,7 +341,8 @@ def routing_pool2d(
     B, C, H, W = x.shape
     if C % capsule_dim != 0:
         raise ValueError(
-            f'RoutingPool2d: capsule_dim={capsule_dim} does not divide the {C} input channels of a map of shape {x.shape}.')
+            f'RoutingPool2d: capsule_dim={capsule_dim} does not divide the {C} input channels '
+            f'of a map of shape {x.shape}.')
     groups = C // capsule_dim
     # (B, C, H, W) -> (B*G, D, H*W), a view: the children of each group are its spatial positions
     s, c = _route_channels_first(x.reshape(B * groups, capsule_dim, H * W), iters, lam, normalize)

@@ -86,7 +86,8 @@ def build_routing_model(
     """timm's `build_model_with_cfg` with the weight-file checks of this module."""
     if pretrained:
         cfg = resolve_pretrained_cfg(
-            variant, pretrained_cfg=kwargs.get('pretrained_cfg'), pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+            variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+            pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
         load_from, location = _resolve_pretrained_source(cfg.to_dict())
         if load_from == 'file':
             _check_weight_file(str(location), variant)

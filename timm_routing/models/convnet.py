@@ -28,7 +28,9 @@ from ._cfg import cifar10_cfg, fashion_mnist_cfg
 __all__ = ['ConvNet4']
 
 
-def _conv_act(in_chs: int, out_chs: int, kernel_size: int, stride: int, drop_block: Optional[nn.Module], dd) -> nn.Sequential:
+def _conv_act(
+        in_chs: int, out_chs: int, kernel_size: int, stride: int, drop_block: Optional[nn.Module], dd,
+) -> nn.Sequential:
     layer = nn.Sequential()
     layer.add_module('conv', nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=kernel_size // 2, **dd))
     layer.add_module('act', nn.ReLU(inplace=True))
