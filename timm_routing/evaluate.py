@@ -59,7 +59,10 @@ def evaluate_arrays(model: torch.nn.Module, images: np.ndarray, labels: np.ndarr
         correct1 += (top[:, 0] == target).sum().item()
         correct5 += (top == target[:, None]).any(1).sum().item()
         if progress:
-            print(f'\r{min(start + batch_size, len(images))}/{len(images)}', end='', file=sys.stderr, flush=True)
+            done = min(start + batch_size, len(images))
+            bar = '#' * (30 * done // len(images))
+            print(f'\r[{bar:<30}] {done}/{len(images)} top-1 {100. * correct1 / done:.2f}%', end='', file=sys.stderr,
+                  flush=True)
     if progress:
         print(file=sys.stderr)
     n = len(images)
