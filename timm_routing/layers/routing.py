@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
 __all__ = [
-    'ROUTING_ACTIVATIONS', 'route_by_agreement', 'dynamic_routing', 'routing_pool2d', 'squash', 'vector_norm',
+    'ROUTING_ACTIVATIONS', 'route_by_agreement', 'route_over_parents', 'dynamic_routing', 'routing_pool2d', 'squash', 'vector_norm',
     'Squash', 'VectorNorm', 'create_routing_act', 'RoutingPool2d',
 ]
 
@@ -294,8 +294,14 @@ def dynamic_routing(
         lam: float = 1.0,
         normalize: bool = False,
         activation: Union[None, str, Callable[[torch.Tensor], torch.Tensor]] = None,
+        softmax_over: str = 'children',
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Vector-normed dynamic routing (Algorithm 1) of N children into one parent per leading index.
+
+    `softmax_over='parents'` is Sabour et al.'s original routing instead (the CapsNet baseline): `u` is then
+    `(..., J, N, D)`, the votes of N children for J parents; the softmax runs over the J parents (Formula 2), the
+    proposal inside the loop is the activated parent (squash in Sabour) and `iters` counts, as Sabour's r does, the
+    parents computed (r - 1 agreement updates; r = 3 in their experiments).
 
     Args:
         u: Children, `(..., N, D)`.
@@ -304,9 +310,12 @@ def dynamic_routing(
         normalize: Normalise the children to unit length first (Algorithm 1 line 1). With `normalize=False` and
             `lam=0` the result is exactly the average of the children.
         activation: Line 11: `None` (identity), `'squash'`, `'norm'` or a callable.
+        softmax_over: 'children' (this paper, Formula 3) or 'parents' (Sabour et al., Formula 2).
 
     Returns:
-        `(v, c)`: the parent `(..., D)` and the coupling coefficients `(..., N)`.
+        `(v, c)`: the parent `(..., D)` and the coupling coefficients `(..., N)` (softmax over children: they sum to 1
+        over N), or with `softmax_over='parents'` the parents `(..., J, D)` and couplings `(..., J, N)` summing to 1
+        over J.
 
     Raises:
         ValueError / TypeError: bad iterations, λ, activation or a `u` with fewer than 2 dims or no children.
@@ -317,8 +326,48 @@ def dynamic_routing(
         raise TypeError(f'u must be a tensor, got {type(u).__name__}.')
     if u.dim() < 2 or u.shape[-2] == 0:
         raise ValueError(f'u must be (..., N, D) with N >= 1 children, got shape {tuple(u.shape)}.')
+    if softmax_over == 'parents':
+        if u.dim() < 3 or iters < 1:
+            raise ValueError(
+                f"softmax_over='parents' needs votes (..., J, N, D) and iters >= 1, got shape {tuple(u.shape)}, "
+                f"iters={iters}.")
+        if activation not in (None, 'identity', 'squash', 'norm'):
+            raise ValueError(
+                f"softmax_over='parents' takes activation None, 'identity', 'squash' or 'norm', got {activation!r}.")
+        return route_over_parents(u, iters, lam, normalize, activation or 'identity')
+    if softmax_over != 'children':
+        raise ValueError(f"softmax_over must be 'children' or 'parents', got {softmax_over!r}.")
     s, c = route_by_agreement(u, iters=iters, lam=lam, normalize=normalize)
     return act(s), c
+
+
+def route_over_parents(
+        u: torch.Tensor, iters: int = 3, lam: float = 1.0, normalize: bool = False, activation: str = 'squash',
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Sabour et al.'s routing of votes `(..., J, N, D)`: softmax over the J parents, `iters` parents computed.
+
+    The activation ('squash', 'norm' or 'identity') is applied to the proposals and to the result, as in Sabour's
+    Procedure 1. Plain autograd; works under TorchScript. `dynamic_routing(..., softmax_over='parents')` calls it.
+
+    Returns:
+        Parents `(..., J, D)` and couplings `(..., J, N)`, both in `u`'s dtype.
+    """
+    dtype = u.dtype
+    u = u.to(torch.promote_types(dtype, torch.float32))
+    if normalize:
+        u = vector_norm(u)
+    b = torch.zeros(u.shape[:-1], dtype=u.dtype, device=u.device)
+    c, v = b, u.select(-2, 0)  # placeholders for TorchScript; iters >= 1 overwrites both
+    for r in range(iters):
+        c = torch.softmax(lam * b, dim=-2)
+        v = (c.unsqueeze(-1) * u).sum(-2)
+        if activation == 'squash':
+            v = squash(v)
+        elif activation == 'norm':
+            v = vector_norm(v)
+        if r < iters - 1:
+            b = b + (u * v.unsqueeze(-2)).sum(-1)
+    return v.to(dtype), c.to(dtype)
 
 
 @register_notrace_function

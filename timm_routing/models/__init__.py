@@ -1,5 +1,6 @@
 from ._cfg import *
 from .backbones import *
+from .capsnet import *
 from .convnet import *
 from .resnet_cifar import *
 
