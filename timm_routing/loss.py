@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from timm.layers import register_notrace_function
+
 __all__ = ['margin_loss', 'reconstruction_loss', 'multi_hot', 'MarginLoss', 'CapsuleLoss']
 
 
@@ -49,6 +51,7 @@ def margin_loss(
     return (present + absent).sum(1).mean()
 
 
+@register_notrace_function
 def reconstruction_loss(reconstruction: torch.Tensor, images: torch.Tensor, weight: float = 0.0005) -> torch.Tensor:
     """`weight` times the per-image sum of squared errors, averaged over the batch."""
     if reconstruction.shape != images.shape:

@@ -52,6 +52,7 @@ def attach_aux_loss(x: torch.Tensor, aux_loss: torch.Tensor) -> torch.Tensor:
     return _AttachAuxLoss.apply(x, aux_loss)
 
 
+@register_notrace_function
 def class_mask(lengths: torch.Tensor, target: Optional[torch.Tensor] = None) -> torch.Tensor:
     """One-hot `(B, K)` mask of the capsules to reconstruct: `target` (labels `(B,)`) or else the longest capsule."""
     if target is None:
@@ -170,15 +171,21 @@ class DigitCapsules(nn.Module):
 
     def route(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Returns the parents `(B, K, out_dim)` and the couplings `(B, K, N)` (summing to 1 over K)."""
-        if x.shape[1] != self.num_children:
-            raise ValueError(
-                f'DigitCapsules expects {self.num_children} child capsules, got {x.shape[1]} '
-                f'(the input image size differs from the one the model was built for).')
-        u = torch.einsum('knoi,bni->bkno', self.weight, x)
-        return route_over_parents(u, self.iters, 1.0, False, 'squash')
+        return route_digit_capsules(x, self.weight, self.iters)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.route(x)[0]
+
+
+@register_notrace_function
+def route_digit_capsules(x: torch.Tensor, weight: torch.Tensor, iters: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Votes `W_kn x_n` of the child capsules `x` `(B, N, in_dim)` for each class k, routed over the parents."""
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f'DigitCapsules expects {weight.shape[1]} child capsules, got {x.shape[1]} '
+            f'(the input image size differs from the one the model was built for).')
+    u = torch.einsum('knoi,bni->bkno', weight, x)
+    return route_over_parents(u, iters, 1.0, False, 'squash')
 
 
 class CapsuleDecoder(nn.Module):

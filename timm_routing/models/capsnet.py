@@ -103,10 +103,16 @@ class _CapsuleOutputMixin:
         if self.num_classes == 0:
             return capsules.flatten(1)
         lengths = _capsule_lengths(capsules)
-        if self.training and self.decoder is not None and self.recon_weight > 0:
-            recon = self.decoder(capsules, class_mask(lengths.detach()))
-            lengths = attach_aux_loss(lengths, reconstruction_loss(recon, images, self.recon_weight))
+        if not torch.jit.is_scripting() and self.training and self.decoder is not None and self.recon_weight > 0:
+            lengths = self._attach_reconstruction_loss(lengths, capsules, images)
         return lengths
+
+    @torch.jit.unused
+    def _attach_reconstruction_loss(
+            self, lengths: torch.Tensor, capsules: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """The lengths, carrying `recon_weight` x the reconstruction loss of the longest capsule into backward."""
+        recon = self.decoder(capsules, class_mask(lengths.detach()))
+        return attach_aux_loss(lengths, reconstruction_loss(recon, images, self.recon_weight))
 
     @torch.jit.ignore
     def route(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -131,10 +137,11 @@ class _CapsuleOutputMixin:
         if global_pool is not None:
             self.global_pool = _check_pool(global_pool)
         if num_classes and num_classes != self.num_capsules:
-            dd = dict(zip(('device', 'dtype'), get_device_dtype(self)))
-            self.head = make_head(num_classes, **dd)
+            dd = get_device_dtype(self)
+            self.head = make_head(num_classes, **dd).train(self.training)
             if self.decoder is not None:
-                self.decoder.fc1 = nn.Linear(num_classes * self.class_capsule_dim, self.decoder.fc1.out_features, **dd)
+                self.decoder.fc1 = nn.Linear(
+                    num_classes * self.class_capsule_dim, self.decoder.fc1.out_features, **dd).train(self.training)
             self.num_capsules = num_classes
         self.num_classes = num_classes
 
