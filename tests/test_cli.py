@@ -61,7 +61,7 @@ def test_explain_and_its_errors(tmp_path):
         (('explain', 'convnet4_routing.cpu_fmnist', str(tmp_path / 'missing.png')), 'timm-routing: cannot read image'),
         (('explain', 'resnet20_routing', str(image)),
          "timm-routing: model 'resnet20_routing' has no pretrained weights"),
-        (('explain', 'convnet4_max.cpu_fmnist', str(image)), 'timm-routing: ConvNet4 has 0 routing pooling layers'),
+        (('explain', 'convnet4_max.cpu_fmnist', str(image)), 'timm-routing: ConvNet4 has 0 routing layers'),
         (('explain', 'convnet4_routing.cpu_fmnist', str(image), '--group', '9'), 'timm-routing: group 9 out of range'),
     ]:
         proc = _run(*args)

@@ -33,7 +33,7 @@ def test_heatmaps_reduce_and_scale():
 
 
 def test_model_without_routing_pool():
-    with pytest.raises(ValueError, match="has 0 routing pooling layers.*global_pool='routing'"):
+    with pytest.raises(ValueError, match="has 0 routing layers.*global_pool='routing'"):
         find_routing_pool(timm.create_model('resnet20'))
 
 

@@ -114,7 +114,8 @@ def test_coupling_coefficients_of_a_model():
     torch.testing.assert_close(model.head.fc(pooled), model(x))
 
 
-@pytest.mark.parametrize('name', ALL_MODELS)
+# Sabour's CapsNet uses unpadded 9x9 convolutions, so its maps shrink faster than their stride: tests/test_capsnet.py
+@pytest.mark.parametrize('name', [n for n in ALL_MODELS if n != 'capsnet'])
 def test_features_only_and_intermediates(name):
     model = timm.create_model(name, features_only=True, in_chans=3).eval()
     outs = model(torch.randn(1, 3, 32, 32))

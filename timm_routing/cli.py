@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import timm
 
-from .layers import RoutingPool2d
+from .layers import ClassCapsuleHead, DigitCapsules, RoutingPool2d
 from .models import routing_model_names
 from .models.backbones import _find_global_pool
 
@@ -29,11 +29,19 @@ __all__ = ['describe_model', 'main']
 
 
 def _routing_settings(model: torch.nn.Module) -> str:
-    pools = [m for m in model.modules() if isinstance(m, RoutingPool2d)]
+    pools = [m for m in model.modules() if isinstance(m, (RoutingPool2d, ClassCapsuleHead))]
     if not pools:
+        if any(isinstance(m, DigitCapsules) for m in model.modules()):
+            return f'Sabour routing, softmax over parents, r={model.routing_iters}'
         return '-'
     p = pools[0]
     return f'capsule_dim={p.capsule_dim} iters={p.iters} lam={p.lam:g} normalize={p.normalize} act={p.activation}'
+
+
+def _pool_type(model: torch.nn.Module) -> str:
+    if hasattr(model, 'forward_train'):  # the CapsNet family: class capsules instead of a pooling layer
+        return model.global_pool
+    return _find_global_pool(model)[2].pool_type
 
 
 def describe_model(name: str) -> Dict[str, Any]:
@@ -55,7 +63,7 @@ def describe_model(name: str) -> Dict[str, Any]:
         params_m=sum(p.numel() for p in model.parameters()) / 1e6,
         gmacs=counter.get_total_flops() / 2e9,
         input_size='x'.join(str(s) for s in input_size),
-        global_pool=_find_global_pool(model)[2].pool_type,
+        global_pool=_pool_type(model),
         output=tuple(out.shape),
         routing=_routing_settings(model),
     )

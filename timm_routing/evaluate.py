@@ -6,7 +6,10 @@
 The images go through `timm.data.create_transform(**resolve_data_config(model=model))`, the transform timm's
 validate.py builds, so the numbers equal validate.py's on an ImageFolder export of the same split. `--split
 validation` is the seeded stratified hold-out of `timm_routing.data.export_image_folder` (same `--val-size`,
-`--seed`). The JSON records the model, weight file and dataset hashes and the command, as the model cards quote it.
+`--seed`). `--variant` turns the MNIST digits of the split into a CapsNet evaluation set (`mnist_shift`,
+`mnist_centred`, `affnist_like`, `multimnist`: `timm_routing.data.make_variant`, seeded as `train_capsnet` does);
+`--affnist-mat` reads official affNIST `.mat` batches instead. For `multimnist` the accuracy is Sabour's: an image
+counts when its two most active classes are its two digits. The JSON records the model, weight file and dataset hashes and the command, as the model cards quote it.
 """
 import argparse
 import json
@@ -21,7 +24,7 @@ from PIL import Image
 import timm
 from timm.data import create_transform, resolve_data_config
 
-from .data import load_npz, sha256_file, stratified_holdout
+from .data import MNIST_VARIANTS, load_affnist_mat, load_npz, make_variant, sha256_file, stratified_holdout
 
 __all__ = ['load_split', 'evaluate_arrays', 'evaluate_model', 'main']
 
@@ -55,9 +58,14 @@ def evaluate_arrays(model: torch.nn.Module, images: np.ndarray, labels: np.ndarr
         pil = [Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img) for img in batch]
         x = torch.stack([transform(p) for p in pil])
         target = torch.as_tensor(labels[start:start + batch_size], dtype=torch.long)
-        top = model(x).topk(min(5, model.num_classes), dim=1).indices
-        correct1 += (top[:, 0] == target).sum().item()
-        correct5 += (top == target[:, None]).any(1).sum().item()
+        if target.dim() == 2:  # several objects per image: the top-k classes must be exactly the targets
+            top = model(x).topk(target.shape[1], dim=1).indices.sort(1).values
+            correct1 += (top == target.sort(1).values).all(1).sum().item()
+            correct5 = float('nan')
+        else:
+            top = model(x).topk(min(5, model.num_classes), dim=1).indices
+            correct1 += (top[:, 0] == target).sum().item()
+            correct5 += (top == target[:, None]).any(1).sum().item()
         if progress:
             done = min(start + batch_size, len(images))
             bar = '#' * (30 * done // len(images))
@@ -71,14 +79,24 @@ def evaluate_arrays(model: torch.nn.Module, images: np.ndarray, labels: np.ndarr
 
 def evaluate_model(model_name: str, npz_path, split: str = 'test', checkpoint: Optional[str] = None,
                    val_size: int = 5000, seed: int = 0, limit: Optional[int] = None, batch_size: int = 256,
-                   progress: bool = False) -> Dict[str, Any]:
-    """Builds `model_name` (pretrained, or from `checkpoint`) and evaluates it on a split of `npz_path`."""
+                   progress: bool = False, variant: Optional[str] = None, num_pairs: Optional[int] = None,
+                   ) -> Dict[str, Any]:
+    """Builds `model_name` (pretrained, or from `checkpoint`) and evaluates it on a split of `npz_path` (or of an
+    affNIST `.mat` file), optionally as an MNIST variant."""
     model = timm.create_model(model_name, pretrained=checkpoint is None, checkpoint_path=checkpoint)
-    images, labels = load_split(npz_path, split, val_size, seed, limit)
+    if str(npz_path).endswith('.mat'):
+        images, labels = load_affnist_mat(npz_path)
+        images, labels = (images[:limit], labels[:limit]) if limit is not None else (images, labels)
+    else:
+        images, labels = load_split(npz_path, split, val_size, seed, limit)
+    if variant is not None:
+        size = model.pretrained_cfg['input_size'][-1]
+        images, labels = make_variant(images, labels, variant, split, seed, size, num_pairs)
     result = evaluate_arrays(model, images, labels, batch_size, progress)
     weights = checkpoint or model.pretrained_cfg.get('file')
     result.update(
-        model=model_name, split=split, limit=limit, dataset=Path(npz_path).name, dataset_sha256=sha256_file(npz_path),
+        model=model_name, split=split, variant=variant, limit=limit, dataset=Path(npz_path).name,
+        dataset_sha256=sha256_file(npz_path),
         weights=Path(weights).name if weights else None, weights_sha256=sha256_file(weights) if weights else None,
         torch=torch.__version__, timm=timm.__version__,
     )
@@ -89,7 +107,11 @@ def main(argv=None) -> int:
     import timm_routing  # noqa: F401  registers the models
     parser = argparse.ArgumentParser(prog='python -m timm_routing.evaluate', description=__doc__.split('\n\n')[0])
     parser.add_argument('--model', required=True, help='model name with its pretrained tag')
-    parser.add_argument('--npz', required=True, help='dataset .npz (x_train, y_train, x_test, y_test)')
+    parser.add_argument('--npz', required=True,
+                        help='dataset .npz (x_train, y_train, x_test, y_test), or an official affNIST .mat batch')
+    parser.add_argument('--variant', default=None, choices=MNIST_VARIANTS,
+                        help='evaluate on this MNIST-derived set made from the split (CapsNet experiments)')
+    parser.add_argument('--pairs', type=int, default=None, help='MultiMNIST pairs (default: one per digit)')
     parser.add_argument('--split', default='test', choices=('train', 'validation', 'test'))
     parser.add_argument('--checkpoint', default=None, help='weights to evaluate instead of the pretrained ones')
     parser.add_argument('--val-size', type=int, default=5000)
@@ -99,7 +121,8 @@ def main(argv=None) -> int:
     parser.add_argument('--out', default=None, help='write the result as JSON here')
     args = parser.parse_args(argv)
     result = evaluate_model(args.model, args.npz, args.split, args.checkpoint, args.val_size, args.seed, args.limit,
-                            args.batch_size, progress=sys.stderr.isatty())
+                            args.batch_size, progress=sys.stderr.isatty(), variant=args.variant,
+                            num_pairs=args.pairs)
     result['command'] = 'python -m timm_routing.evaluate ' + ' '.join(argv if argv is not None else sys.argv[1:])
     text = json.dumps(result, indent=1)
     print(text)

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from .layers import RoutingPool2d
+from .layers import ClassCapsuleHead, RoutingPool2d
 
 __all__ = [
     'find_routing_pool', 'coupling_maps', 'heatmaps', 'overlay', 'save_grid', 'grad_cam', 'deletion_insertion',
@@ -22,32 +22,37 @@ __all__ = [
 ]
 
 
-def find_routing_pool(model: nn.Module) -> RoutingPool2d:
-    """The model's routing pooling layer.
+def find_routing_pool(model: nn.Module) -> nn.Module:
+    """The model's routing layer: its routing pool (`RoutingPool2d`) or its class capsules (`ClassCapsuleHead`).
 
     Raises:
-        ValueError: the model has no RoutingPool2d, or more than one.
+        ValueError: the model has no routing layer, or more than one.
     """
-    pools = [m for m in model.modules() if isinstance(m, RoutingPool2d)]
+    pools = [m for m in model.modules() if isinstance(m, (RoutingPool2d, ClassCapsuleHead))]
     if len(pools) != 1:
         raise ValueError(
-            f'{type(model).__name__} has {len(pools)} routing pooling layers; heatmaps need exactly one '
-            f"(create the model with global_pool='routing').")
+            f'{type(model).__name__} has {len(pools)} routing layers; heatmaps need exactly one '
+            f"(create the model with global_pool='routing', or use a capsnet_resnet model).")
     return pools[0]
 
 
 @torch.no_grad()
 def coupling_maps(model: nn.Module, x: torch.Tensor, upsample: bool = True) -> torch.Tensor:
-    """Coupling coefficients of the routing pool for a batch, `(B, G, H, W)`.
+    """Coupling coefficients of the routing layer for a batch, `(B, G, H, W)`.
+
+    For a routing pool, G is its channel groups; for class capsules (`capsnet_resnet20`) G is the classes, and map k
+    is how much each position contributes to class capsule k (its capsule types summed).
 
     Args:
-        model: A timm model with a routing pooling head (`forward_features` feeds it).
+        model: A timm model with a routing pooling head or class capsules (`forward_features` feeds it).
         x: Normalised input batch `(B, C, H, W)`.
         upsample: Resize the maps bilinearly to the input's H x W (else the feature map's size).
     """
-    pool = find_routing_pool(model)
-    _, couplings = pool.route(model.forward_features(x))
+    layer = find_routing_pool(model)
+    _, couplings = layer.route(model.forward_features(x))
     couplings = couplings.float()
+    if couplings.dim() == 5:  # class capsules: (B, K, T, H, W)
+        couplings = couplings.sum(2)
     if upsample:
         couplings = F.interpolate(couplings, size=x.shape[-2:], mode='bilinear', align_corners=False)
     return couplings
