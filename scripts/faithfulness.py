@@ -19,6 +19,7 @@ from timm.data import create_transform, resolve_data_config
 from PIL import Image
 
 import timm_routing  # noqa: F401
+from timm_routing.data import to_pil_array
 from timm_routing.evaluate import load_split
 from timm_routing.explain import coupling_maps, curve_area, deletion_insertion, grad_cam, heatmaps
 
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
     areas = {name: {'deletion': [], 'insertion': []} for name in ('routing couplings', 'Grad-CAM', 'random')}
     for start in range(0, len(images), args.batch_size):
         batch = images[start:start + args.batch_size]
-        x = torch.stack([transform(Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)) for img in batch])
+        x = torch.stack([transform(Image.fromarray(to_pil_array(img))) for img in batch])
         with torch.no_grad():
             target = model(x).argmax(1)
         maps = {

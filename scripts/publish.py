@@ -15,7 +15,7 @@ from pathlib import Path
 import timm
 
 import timm_routing  # noqa: F401  registers the models
-from timm_routing.hub import load_evidence, render_model_card, save_hub_folder
+from timm_routing.hub import format_percent, load_evidence, render_model_card, save_hub_folder
 from timm_routing.models._pretrained import PRETRAINED_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,14 +27,17 @@ def shipped_tags():
 
 def zoo_table(tags) -> str:
     """Markdown table of the shipped tags: parameters and the accuracies of their evidence."""
-    lines = ['| model | params (M) | test top-1 | test top-5 | validation top-1 | card |', '|---|---|---|---|---|---|']
+    lines = ['| model | test set | params (M) | test top-1 | test top-5 | validation top-1 | card |',
+             '|---|---|---|---|---|---|---|']
     for tag in tags:
         evals = load_evidence(ROOT / 'results' / tag)['evals']
+        test_set = {None: evals['test']['dataset'].replace('.npz', '')}.get(
+            evals['test'].get('variant'), evals['test'].get('variant'))
         params = sum(p.numel() for p in timm.create_model(tag).parameters()) / 1e6
         test, val = evals['test'], evals.get('validation')
         lines.append(
-            f"| `{tag}` | {params:.3f} | {test['top1']:.2f} | {test['top5']:.2f} | "
-            f"{val['top1']:.2f} | [card](model_cards/{tag}.md) |" if val else '')
+            f"| `{tag}` | {test_set} | {params:.3f} | {format_percent(test['top1'])} | {format_percent(test['top5'])} | "
+            f"{format_percent(val['top1']) if val else '-'} | [card](model_cards/{tag}.md) |")
     return '\n'.join(lines)
 
 

@@ -229,3 +229,19 @@ def test_evaluate_variants_and_two_digit_accuracy(mnist_npz, tmp_path):
     pairs = np.array([[1, 2], [2, 1], [1, 3]])
     res = evaluate_arrays(Fixed(), np.zeros((3, 36, 36, 1), np.uint8), pairs)
     assert res['top1'] == pytest.approx(200 / 3)
+
+
+def test_image_folder_export_of_expanded_mnist(mnist_npz, tmp_path):
+    from PIL import Image
+    from timm_routing.data import export_image_folder
+    counts = export_image_folder(mnist_npz, tmp_path / 'out', val_size=20, variant='mnist_shift')
+    assert counts == dict(train=100, validation=20, test=40, test_mnist_centred=40, test_affnist_like=40)
+    data = np.load(mnist_npz)
+    expected, _ = make_variant(data['x_test'], data['y_test'], 'affnist_like', 'test')
+    img = np.asarray(Image.open(tmp_path / 'out' / 'test_affnist_like' / f'0{data["y_test"][3]}_{data["y_test"][3]}'
+                                / '00003.png'))
+    np.testing.assert_array_equal(img, expected[3, ..., 0])
+    manifest = json.loads((tmp_path / 'out' / 'split.json').read_text())
+    assert manifest['variant'] == 'mnist_shift' and manifest['counts'] == counts
+    with pytest.raises(ValueError, match='two labels'):
+        export_image_folder(mnist_npz, tmp_path / 'multi', val_size=20, variant='multimnist')

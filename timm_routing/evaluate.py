@@ -24,7 +24,9 @@ from PIL import Image
 import timm
 from timm.data import create_transform, resolve_data_config
 
-from .data import MNIST_VARIANTS, load_affnist_mat, load_npz, make_variant, sha256_file, stratified_holdout
+from .data import (
+    MNIST_VARIANTS, load_affnist_mat, load_npz, make_variant, sha256_file, stratified_holdout, to_pil_array,
+)
 
 __all__ = ['load_split', 'evaluate_arrays', 'evaluate_model', 'main']
 
@@ -55,7 +57,7 @@ def evaluate_arrays(model: torch.nn.Module, images: np.ndarray, labels: np.ndarr
     correct1 = correct5 = 0
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
-        pil = [Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img) for img in batch]
+        pil = [Image.fromarray(to_pil_array(img)) for img in batch]
         x = torch.stack([transform(p) for p in pil])
         target = torch.as_tensor(labels[start:start + batch_size], dtype=torch.long)
         if target.dim() == 2:  # several objects per image: the top-k classes must be exactly the targets

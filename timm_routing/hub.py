@@ -10,10 +10,12 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import yaml
+
 import timm
 from timm.models import save_for_hf
 
-__all__ = ['load_evidence', 'render_model_card', 'save_hub_folder']
+__all__ = ['load_evidence', 'render_model_card', 'save_hub_folder', 'format_percent']
 
 _DATASETS = {
     'fashion_mnist.npz': ('Fashion-MNIST', 'fashion_mnist', 'genuine Fashion-MNIST (bit-exact idx files)'),
@@ -23,6 +25,23 @@ _DATASETS = {
         'models trained on it are reported to score 2-3% lower than on the original data'),
     'mnist.npz': ('MNIST', 'mnist', 'genuine MNIST (bit-exact idx files)'),
 }
+_VARIANTS = {
+    'mnist_shift': ('expanded MNIST', 'expanded MNIST: each genuine MNIST digit placed at a random spot of a black 40x40 '
+                    'canvas (Sabour et al.), generated with a seed by timm_routing.data; training draws a new '
+                    'placement every epoch'),
+    'multimnist': ('MultiMNIST', 'MultiMNIST: two genuine MNIST digits of different classes, each shifted up to 4 px, '
+                   'overlaid in 36x36 (Sabour et al.), generated with a seed by timm_routing.data; fresh pairs every '
+                   'training epoch'),
+}
+_SET_NAMES = {
+    None: '-', 'mnist_shift': 'expanded MNIST (random placement in 40x40)', 'mnist_centred': 'MNIST, centred in 40x40',
+    'affnist_like': 'affNIST-like (random affine maps, not the real affNIST)', 'multimnist': 'MultiMNIST (36x36)',
+}
+
+
+def format_percent(value) -> str:
+    value = float(value)
+    return '-' if value != value else f'{value:.2f}'  # NaN: not defined for this set (MultiMNIST has no top-5)
 
 _CITATION = '''```bibtex
 @inproceedings{zhao2019routing,
@@ -54,7 +73,12 @@ def load_evidence(results_dir) -> Dict[str, Any]:
     summary_path = results_dir / 'summary.csv'
     summary = list(csv.DictReader(summary_path.open())) if summary_path.exists() else []
     args_path = results_dir / 'args.yaml'
-    return dict(evals=evals, summary=summary, args=args_path.read_text() if args_path.exists() else None)
+    args = args_path.read_text() if args_path.exists() else None
+    train_args = yaml.safe_load(args) if args else {}
+    # train_capsnet's args.yaml names its dataset variant; timm's train.py's does not
+    trainer = '`python -m timm_routing.train_capsnet`' if 'dataset' in train_args and 'npz' in train_args else \
+        "timm's train.py"
+    return dict(evals=evals, summary=summary, args=args, trainer=trainer, variant=train_args.get('dataset'))
 
 
 def _stats(model_tag: str) -> Dict[str, Any]:
@@ -71,6 +95,10 @@ def render_model_card(model_tag: str, evidence: Dict[str, Any], recipe: Optional
     evals = evidence['evals']
     dataset_file = next(iter(evals.values()))['dataset']
     dataset_title, dataset_id, dataset_note = _DATASETS.get(dataset_file, (dataset_file, None, dataset_file))
+    trainer = evidence.get('trainer', "timm's train.py")
+    if evidence.get('variant') in _VARIANTS:
+        dataset_title, dataset_note = _VARIANTS[evidence['variant']]
+    capsules = hasattr(timm.create_model(model_name), 'forward_train')
     in_chans, height, width = cfg['input_size']
     lines = ['---', 'tags:', '- image-classification', '- timm', '- timm-routing', 'library_name: timm',
              f"license: {cfg.get('license', 'apache-2.0')}"]
@@ -78,7 +106,7 @@ def render_model_card(model_tag: str, evidence: Dict[str, Any], recipe: Optional
         lines += ['datasets:', f'- {dataset_id}']
     lines += ['---', f'# Model card for {model_tag}', '',
               f'A `{model_name}` image classifier of timm-routing (dynamic routing as a pooling layer, Zhao & Huang '
-              f'2019, as timm models), trained on {dataset_title} with timm\'s train.py.', '',
+              f'2019, as timm models), trained on {dataset_title} with {trainer}.', '',
               '## Model Details', '- **Model Type:** Image classification / feature backbone',
               '- **Model Stats:**', f"  - Params (M): {stats['params_m']:.3f}", f"  - GMACs: {stats['gmacs']:.4f}",
               f'  - Image size: {height} x {width} ({in_chans} channel{"s" if in_chans > 1 else ""})',
@@ -98,7 +126,8 @@ def render_model_card(model_tag: str, evidence: Dict[str, Any], recipe: Optional
               'data_config = timm.data.resolve_model_data_config(model)',
               'transforms = timm.data.create_transform(**data_config, is_training=False)',
               f"img = Image.open('image.png').convert('{'L' if in_chans == 1 else 'RGB'}')",
-              'probs = model(transforms(img).unsqueeze(0)).softmax(-1)',
+              ('probs = model(transforms(img).unsqueeze(0))  # class-capsule lengths in [0, 1)' if capsules else
+               'probs = model(transforms(img).unsqueeze(0)).softmax(-1)'),
               'values, indices = probs.topk(5)',
               "labels = model.pretrained_cfg['label_names']",
               'print([(labels[i], round(v.item(), 3)) for v, i in zip(values[0], indices[0])])',
@@ -106,9 +135,18 @@ def render_model_card(model_tag: str, evidence: Dict[str, Any], recipe: Optional
               f"model = timm.create_model('{model_tag}', pretrained=True, features_only=True)",
               f'feature_maps = model(torch.randn(1, {in_chans}, {height}, {width}))  # one map per stage', '```', '',
               '### Image Embeddings', '```python',
-              f"model = timm.create_model('{model_tag}', pretrained=True, num_classes=0)  # pooled features",
+              f"model = timm.create_model('{model_tag}', pretrained=True, num_classes=0)  # "
+              + ('the class capsules, flattened' if capsules else 'pooled features'),
               f'embedding = model(torch.randn(1, {in_chans}, {height}, {width}))', '```', '']
-    if stats['routing'] != '-':
+    if capsules:
+        lines += ['### Class capsules, coupling coefficients and reconstructions', '```python',
+                  f"model = timm.create_model('{model_tag}', pretrained=True).eval()",
+                  f'x = torch.rand(1, {in_chans}, {height}, {width})  # raw pixels in [0, 1]',
+                  'capsules, couplings = model.route(x)  # (1, 10, 16); couplings sum to 1 over the children of a '
+                  'class',
+                  "reconstruction = model.forward_train(x)['reconstruction']  # decoder on the longest capsule",
+                  '```', '']
+    elif stats['routing'] != '-':
         lines += ['### Routing coupling coefficients (where the pooling looks)', '```python',
                   f"model = timm.create_model('{model_tag}', pretrained=True).eval()",
                   f'x = torch.randn(1, {in_chans}, {height}, {width})',
@@ -117,18 +155,27 @@ def render_model_card(model_tag: str, evidence: Dict[str, Any], recipe: Optional
     lines += ['### Fine-tuning with timm\'s train.py', '```bash',
               f'python train.py --model {model_tag} --pretrained --device-modules timm_routing \\',
               '    --data-dir <imagefolder> --num-classes <N> ...', '```', '']
+    if capsules:
+        lines += ["Under train.py the model adds its reconstruction loss (weight 0.0005, decoder on the longest capsule) "
+                  "to train.py's criterion through an auxiliary-loss hook; Sabour's margin loss with the "
+                  'reconstruction masked by the true label is `timm_routing.loss.CapsuleLoss` on `forward_train`, '
+                  'which `python -m timm_routing.train_capsnet` uses.', '']
     lines += ['## Results', '',
               'Measured on the shipped weights by `python -m timm_routing.evaluate` '
               '(timm\'s evaluation transform):', '',
-              '| split | images | top-1 (%) | top-5 (%) | command |', '|---|---|---|---|---|']
+              '| split | evaluation set | images | top-1 (%) | top-5 (%) | command |', '|---|---|---|---|---|---|']
     for name, r in evals.items():
         split = r['split'] + (f" (first {r['limit']})" if r.get('limit') else '')
-        lines.append(f"| {split} | {r['n']} | {r['top1']:.2f} | {r['top5']:.2f} | `{r['command']}` |")
+        lines.append(f"| {split} | {_SET_NAMES.get(r.get('variant'), r.get('variant'))} | {r['n']} | "
+                     f"{format_percent(r['top1'])} | {format_percent(r['top5'])} | `{r['command']}` |")
+    if any(r.get('variant') == 'multimnist' for r in evals.values()):
+        lines += ['', 'MultiMNIST top-1 is Sabour et al.\'s accuracy: an image counts when its two longest class '
+                  'capsules are its two digits.']
     lines.append('')
     if evidence['summary']:
         last = evidence['summary'][-1]
         best = max(evidence['summary'], key=lambda row: float(row['eval_top1']))
-        lines += [f"Training: {len(evidence['summary'])} epochs of timm's train.py; the shipped weights are the last "
+        lines += [f"Training: {len(evidence['summary'])} epochs of {trainer}; the shipped weights are the last "
                   f"epoch's (validation top-1 {float(last['eval_top1']):.2f}%; best epoch {best['epoch']}: "
                   f"{float(best['eval_top1']):.2f}%). The validation split is held out of the training split; the test "
                   f'split was used for the test rows above only.', '']

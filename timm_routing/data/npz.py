@@ -21,7 +21,9 @@ from typing import Dict, Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
-__all__ = ['load_npz', 'stratified_holdout', 'class_folder_names', 'export_image_folder', 'sha256_file']
+__all__ = [
+    'load_npz', 'stratified_holdout', 'class_folder_names', 'export_image_folder', 'sha256_file', 'to_pil_array',
+]
 
 _REQUIRED = ('x_train', 'y_train', 'x_test', 'y_test')
 
@@ -81,13 +83,18 @@ def class_folder_names(class_names: Sequence[str]) -> list:
     return [f'{i:0{width}d}_' + re.sub(r'[^A-Za-z0-9._-]+', '_', str(n)).strip('_') for i, n in enumerate(class_names)]
 
 
-def _write_split(out: Path, images: np.ndarray, labels: np.ndarray, indices: np.ndarray, folders: list) -> None:
+def _write_split(out: Path, images: np.ndarray, labels: np.ndarray, indices: np.ndarray, folders: list,
+                 positions: np.ndarray) -> None:
+    """Writes `images[positions[k]]` as `<label folder>/<indices[k]>.png` (indices: the source dataset's)."""
     for folder in folders:
         (out / folder).mkdir(parents=True, exist_ok=True)
-    for i in indices:
-        img = images[i]
-        img = img[..., 0] if img.shape[-1] == 1 else img
-        Image.fromarray(img).save(out / folders[int(labels[i])] / f'{i:05d}.png')
+    for i, pos in zip(indices, positions):
+        Image.fromarray(to_pil_array(images[pos])).save(out / folders[int(labels[pos])] / f'{i:05d}.png')
+
+
+def to_pil_array(image: np.ndarray) -> np.ndarray:
+    """A uint8 `(H, W, C)` image as PIL wants it: `(H, W)` for one channel."""
+    return image[..., 0] if image.shape[-1] == 1 else image
 
 
 def sha256_file(path) -> str:
@@ -105,8 +112,13 @@ def export_image_folder(
         val_size: int = 5000,
         seed: int = 0,
         limit: Optional[int] = None,
+        variant: Optional[str] = None,
 ) -> Dict[str, int]:
     """Writes `train/`, `validation/` and `test/` ImageFolders from a dataset `.npz` (see the module docstring).
+
+    With `variant` (an MNIST variant of `timm_routing.data.make_variant`, e.g. 'mnist_shift') each split is written in
+    that form, seeded as `train_capsnet` validates and tests; 'mnist_shift' adds `test_mnist_centred/` and
+    `test_affnist_like/`. The training split then holds one fixed placement per digit.
 
     Args:
         npz_path: The dataset file.
@@ -128,13 +140,25 @@ def export_image_folder(
     folders = class_folder_names([str(n) for n in data['class_names']])
     val_idx = stratified_holdout(y_train, val_size, seed)
     train_idx = np.setdiff1d(np.arange(len(y_train)), val_idx)
-    _write_split(out_dir / 'train', x_train, y_train, train_idx, folders)
-    _write_split(out_dir / 'validation', x_train, y_train, val_idx, folders)
-    _write_split(out_dir / 'test', x_test, y_test, np.arange(len(y_test)), folders)
-    counts = dict(train=len(train_idx), validation=len(val_idx), test=len(y_test))
+    splits = dict(
+        train=(x_train[train_idx], y_train[train_idx], train_idx), validation=(x_train[val_idx], y_train[val_idx], val_idx),
+        test=(x_test, y_test, np.arange(len(y_test))))
+    if variant is not None:
+        from .mnist_variants import make_variant
+        if variant == 'multimnist':
+            raise ValueError('MultiMNIST has two labels per image, which an ImageFolder cannot hold; '
+                             'use python -m timm_routing.train_capsnet --dataset multimnist.')
+        splits = {name: (*make_variant(x, y, variant, name, seed), idx) for name, (x, y, idx) in splits.items()}
+        if variant == 'mnist_shift':  # the evaluation sets of the CapsNet experiments, from the test digits
+            for extra in ('mnist_centred', 'affnist_like'):
+                splits[f'test_{extra}'] = (*make_variant(x_test, y_test, extra, 'test', seed), np.arange(len(y_test)))
+    counts = {}
+    for name, (x, y, idx) in splits.items():
+        _write_split(out_dir / name, x, y, idx, folders, positions=np.arange(len(y)))
+        counts[name] = len(y)
     manifest = dict(
         source=npz_path.name, source_sha256=sha256_file(npz_path), seed=seed, val_size=val_size, limit=limit,
-        class_folders=folders, counts=counts, validation_indices=val_idx.tolist(),
+        variant=variant, class_folders=folders, counts=counts, validation_indices=val_idx.tolist(),
     )
     (out_dir / 'split.json').write_text(json.dumps(manifest, indent=1))
     return counts

@@ -46,7 +46,8 @@ from ..layers import (
 )
 from ..loss import multi_hot, reconstruction_loss
 from ._base import StemStagesNet
-from ._pretrained import build_routing_model
+from ._cfg import mnist_variant_cfg
+from ._pretrained import build_routing_model, shipped
 from .resnet_cifar import CifarResNet
 
 __all__ = ['CapsNetResNet', 'CapsNet']
@@ -398,25 +399,26 @@ def _create_capsnet(model_cls: type, variant: str, pretrained: bool = False, **k
     return build_routing_model(model_cls, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
 
 
-MNIST_CLASSES = tuple(str(i) for i in range(10))
-
-
 def _cfg(url: str = '', img_size: int = 40, **kwargs: Any) -> Dict[str, Any]:
     """MNIST-variant cfg: grey images of `img_size`, raw pixels (mean 0, std 1), fixed size (the decoder)."""
     pool = -(-img_size // 4)
-    return {
-        'url': url, 'num_classes': 10, 'input_size': (1, img_size, img_size), 'pool_size': (pool, pool),
-        'fixed_input_size': True, 'crop_pct': 1.0, 'interpolation': 'bilinear', 'mean': (0.,), 'std': (1.,),
-        'first_conv': 'stem.conv', 'classifier': ('head.votes', 'decoder.fc1'), 'label_names': MNIST_CLASSES,
-        'license': 'apache-2.0', 'paper_ids': 'arXiv:1710.09829', **kwargs,
-    }
+    return mnist_variant_cfg(img_size, url, **{
+        'pool_size': (pool, pool), 'fixed_input_size': True, 'first_conv': 'stem.conv',
+        'classifier': ('head.votes', 'decoder.fc1'), 'paper_ids': 'arXiv:1710.09829',
+        'paper_name': 'Dynamic Routing Between Capsules', **kwargs})
 
 
 default_cfgs = generate_default_cfgs({
-    'capsnet_resnet20.mnist_shift': _cfg(img_size=40),
-    'capsnet_resnet20_lam5.multimnist': _cfg(img_size=36),
-    'capsnet.mnist': _cfg(
-        img_size=28, pool_size=(6, 6), classifier=('head.digits', 'decoder.fc1')),
+    'capsnet_resnet20': _cfg(img_size=40),
+    'capsnet_resnet20_lam5': _cfg(img_size=36),
+    'capsnet': _cfg(img_size=28, pool_size=(6, 6), classifier=('head.digits', 'decoder.fc1')),
+    # Sabour's affNIST experiment: 40x40 inputs (13.5 M parameters); weights are not shipped (54 MB)
+    'capsnet.mnist_shift': _cfg(img_size=40, pool_size=(12, 12), classifier=('head.digits', 'decoder.fc1')),
+    # weights trained here (python -m timm_routing.train_capsnet), results/<name>/ holds the evidence
+    **shipped({
+        'capsnet_resnet20.cpu_mnist_shift': _cfg(img_size=40),
+        'capsnet_resnet20_lam5.cpu_multimnist': _cfg(img_size=36),
+    }),
 })
 
 

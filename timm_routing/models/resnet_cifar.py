@@ -27,8 +27,8 @@ from timm.models import generate_default_cfgs, register_model
 
 from ..layers import resolve_routing_args
 from ._base import StemStagesNet
-from ._pretrained import build_routing_model
-from ._cfg import cifar10_cfg
+from ._pretrained import build_routing_model, shipped
+from ._cfg import cifar10_cfg, mnist_variant_cfg
 
 __all__ = ['CifarResNet']
 
@@ -204,7 +204,7 @@ def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
 
 
 default_cfgs = generate_default_cfgs({
-    'resnet20': _cfg(),
+    'resnet20.cifar10*': _cfg(),  # '*': the default even though a later tag has weights
     'resnet32': _cfg(),
     'resnet44': _cfg(),
     'resnet56': _cfg(),
@@ -212,6 +212,13 @@ default_cfgs = generate_default_cfgs({
     'resnet32_routing': _cfg(),
     'resnet44_routing': _cfg(),
     'resnet56_routing': _cfg(),
+    # weights trained here (python -m timm_routing.train_capsnet), results/<name>/ holds the evidence
+    **shipped({
+        # the Table 4 baseline of the CapsNet experiments: expanded MNIST, 40x40 grey, raw pixels
+        'resnet20.cpu_mnist_shift': mnist_variant_cfg(
+            40, pool_size=(10, 10), first_conv='stem.conv', classifier='head.fc', paper_ids='arXiv:1512.03385',
+            paper_name='Deep Residual Learning for Image Recognition'),
+    }),
 })
 
 

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+""" Zhao & Huang Table 4 (and Sabour's MultiMNIST number) from our own evaluations
+
+    python scripts/capsnet_table.py --npz ../shared/data/mnist.npz --evaluate   # writes results/<tag>/eval_*.json
+    python scripts/capsnet_table.py                                              # prints the table from the JSONs
+
+`--evaluate` runs `python -m timm_routing.evaluate` (through its `main`, so each JSON records the exact command) on
+the validation and test splits of every model of the table: the expanded-MNIST models on expanded MNIST, MNIST
+centred in 40x40 and the affNIST-like set, the MultiMNIST model on MultiMNIST. A model whose weights are not shipped
+(the 13.5 M-parameter CapsNet baseline) is evaluated from its training run with `--checkpoint NAME=FILE`.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import timm
+
+import timm_routing  # noqa: F401  registers the models
+from timm_routing.evaluate import main as evaluate_main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+EXPANDED = ('capsnet_resnet20.cpu_mnist_shift', 'resnet20.cpu_mnist_shift', 'capsnet.cpu_mnist_shift')
+MULTI = ('capsnet_resnet20_lam5.cpu_multimnist',)
+# (file stem, split, variant)
+EXPANDED_EVALS = (
+    ('validation', 'validation', 'mnist_shift'), ('test', 'test', 'mnist_shift'),
+    ('test_mnist', 'test', 'mnist_centred'), ('test_affnist_like', 'test', 'affnist_like'),
+)
+MULTI_EVALS = (('validation', 'validation', 'multimnist'), ('test', 'test', 'multimnist'))
+PAPER = {  # error %: expanded MNIST, affNIST; params
+    'CapsNet (Sabour et al. 2017, as quoted in Zhao & Huang Table 4)': ('0.77', '21', '13.4 M'),
+    'R-1-32 (Zhao & Huang Table 4)': ('1.70', '5.12', '2.5 M'),
+}
+
+
+# results folder -> the model evaluated: the CapsNet baseline's weights do not ship, its 40x40 cfg is a weightless tag
+MODEL_OF = {'capsnet.cpu_mnist_shift': 'capsnet.mnist_shift'}
+
+
+def evaluate_all(npz: str, checkpoints: dict) -> None:
+    for tag in EXPANDED + MULTI:
+        checkpoint = checkpoints.get(tag)
+        if checkpoint is None and tag not in timm.list_pretrained():
+            print(f'{tag}: no shipped weights and no --checkpoint; skipped', file=sys.stderr)
+            continue
+        out_dir = ROOT / 'results' / tag
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stem, split, variant in (MULTI_EVALS if tag in MULTI else EXPANDED_EVALS):
+            argv = ['--model', MODEL_OF.get(tag, tag), '--npz', npz, '--split', split, '--variant', variant,
+                    '--out', str(out_dir / f'eval_{stem}.json')]
+            if checkpoint:
+                argv += ['--checkpoint', checkpoint]
+            evaluate_main(argv)
+
+
+def _load(tag: str, stem: str):
+    path = ROOT / 'results' / tag / f'eval_{stem}.json'
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def table() -> str:
+    lines = ['| model | params (M) | expanded MNIST error (%) | MNIST centred error (%) | affNIST-like error (%) |',
+             '|---|---|---|---|---|']
+    for tag in EXPANDED:
+        evals = {stem: _load(tag, stem) for stem, _, _ in EXPANDED_EVALS}
+        if evals['test'] is None:
+            continue
+        params = sum(p.numel() for p in timm.create_model(MODEL_OF.get(tag, tag)).parameters()) / 1e6
+        cells = [f"{100 - evals[s]['top1']:.2f}" if evals[s] else '-' for s in ('test', 'test_mnist',
+                                                                                 'test_affnist_like')]
+        lines.append(f'| `{tag}` (ours) | {params:.2f} | ' + ' | '.join(cells) + ' |')
+    for name, (mnist, aff, params) in PAPER.items():
+        lines.append(f'| {name} | {params} | {mnist} | - | {aff} (real affNIST) |')
+    lines += ['', '| model | params (M) | MultiMNIST error (%) |', '|---|---|---|']
+    for tag in MULTI:
+        test = _load(tag, 'test')
+        if test is not None:
+            params = sum(p.numel() for p in timm.create_model(tag).parameters()) / 1e6
+            lines.append(f"| `{tag}` (ours) | {params:.2f} | {100 - test['top1']:.2f} |")
+    lines += ['| CapsNet (Sabour et al. 2017) | 11.4 | 5.2 |', '| Zhao & Huang §4.3 (λ = 5) | 2.2 | 5.2 |']
+    return '\n'.join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--npz', default=str(ROOT.parent / 'shared' / 'data' / 'mnist.npz'))
+    parser.add_argument('--evaluate', action='store_true', help='run the evaluations first')
+    parser.add_argument('--checkpoint', action='append', default=[], metavar='TAG=FILE',
+                        help='weights of a tag that does not ship (e.g. capsnet.cpu_mnist_shift=runs/.../x.safetensors)')
+    args = parser.parse_args(argv)
+    checkpoints = dict(item.split('=', 1) for item in args.checkpoint)
+    if args.evaluate:
+        evaluate_all(args.npz, checkpoints)
+    print(table())
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
