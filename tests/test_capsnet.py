@@ -276,3 +276,13 @@ def test_timm_classification_task_trains_with_margin_loss():
     torch.testing.assert_close(result['loss'], margin_loss(result['output'].detach(), y))
     result['loss'].backward()
     assert model.decoder.fc1.weight.grad.abs().sum() > 0  # reconstruction attached to the output
+
+
+def test_heatmaps_take_one_group_per_image():
+    from timm_routing.explain import heatmaps
+    maps = torch.rand(3, 4, 5, 5)
+    chosen = torch.tensor([2, 0, 3])
+    expected = torch.stack([heatmaps(maps[i:i + 1], group=int(g))[0] for i, g in enumerate(chosen)])
+    torch.testing.assert_close(heatmaps(maps, group=chosen), expected)
+    with pytest.raises(ValueError, match='one index in'):
+        heatmaps(maps, group=torch.tensor([0, 4, 1]))

@@ -127,9 +127,13 @@ def _explain(model_name: str, paths: List[str], out_dir: Path, group: Optional[i
     images = [_read_image(p, mode) for p in paths]
     transform = create_transform(**resolve_data_config(model=model))
     x = torch.stack([transform(img) for img in images])
+    capsules = hasattr(model, 'forward_train')  # CapsNet family: scores are capsule lengths, maps are per class
     with torch.no_grad():
-        probs = model(x).softmax(-1)
+        scores = model(x)
+        probs = scores if capsules else scores.softmax(-1)
     try:
+        if capsules and group is None:  # each image's map of its predicted class
+            group = scores.argmax(-1)
         heat = heatmaps(coupling_maps(model, x), group=group)
     except ValueError as e:
         raise CliError(str(e)) from e
@@ -224,7 +228,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_explain.add_argument('model', help='a routing model with weights, e.g. convnet4_routing.cpu_fmnist')
     p_explain.add_argument('images', nargs='+')
     p_explain.add_argument('--out', default='timm-routing-heatmaps')
-    p_explain.add_argument('--group', type=int, default=None, help='one capsule group (default: mean of the groups)')
+    p_explain.add_argument('--group', type=int, default=None,
+                           help='one capsule group, or for a CapsNet model one class (default: mean of the groups; '
+                                'for a CapsNet model the predicted class)')
     p_explain.set_defaults(func=_cmd_explain)
     p_eval = sub.add_parser('eval', help='top-1 / top-5 on an image folder or a dataset .npz')
     p_eval.add_argument('model')

@@ -58,10 +58,15 @@ def coupling_maps(model: nn.Module, x: torch.Tensor, upsample: bool = True) -> t
     return couplings
 
 
-def heatmaps(maps: torch.Tensor, group: Optional[int] = None) -> torch.Tensor:
-    """One `(B, H, W)` map per image in [0, 1]: the mean over the channel groups, or group `group`; each map is
-    scaled by its own range (a constant map becomes 0)."""
-    if group is not None:
+def heatmaps(maps: torch.Tensor, group: Union[None, int, torch.Tensor] = None) -> torch.Tensor:
+    """One `(B, H, W)` map per image in [0, 1]: the mean over the channel groups, group `group`, or with a `(B,)`
+    tensor each image's own group (e.g. its predicted class for class capsules); each map is scaled by its own range
+    (a constant map becomes 0)."""
+    if isinstance(group, torch.Tensor):
+        if group.shape != maps.shape[:1] or group.min() < 0 or group.max() >= maps.shape[1]:
+            raise ValueError(f'group must hold one index in [0, {maps.shape[1]}) per image, got {group.tolist()}.')
+        heat = maps[torch.arange(len(maps)), group]
+    elif group is not None:
         if not 0 <= group < maps.shape[1]:
             raise ValueError(f'group {group} out of range: the maps have {maps.shape[1]} groups.')
         heat = maps[:, group]
