@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """ Zhao & Huang Table 4 (and Sabour's MultiMNIST number) from our own evaluations
 
-    python scripts/capsnet_table.py --npz ../shared/data/mnist.npz --evaluate   # writes results/<tag>/eval_*.json
+    python scripts/capsnet_table.py --npz ../shared/data/mnist.npz --evaluate [TAG ...]  # results/<tag>/eval_*.json
     python scripts/capsnet_table.py                                              # prints the table from the JSONs
 
 `--evaluate` runs `python -m timm_routing.evaluate` (through its `main`, so each JSON records the exact command) on
@@ -11,6 +11,7 @@ centred in 40x40 and the affNIST-like set, the MultiMNIST model on MultiMNIST. A
 """
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -39,8 +40,8 @@ PAPER = {  # error %: expanded MNIST, affNIST; params
 MODEL_OF = {'capsnet.cpu_mnist_shift': 'capsnet.mnist_shift'}
 
 
-def evaluate_all(npz: str, checkpoints: dict) -> None:
-    for tag in EXPANDED + MULTI:
+def evaluate_all(npz: str, checkpoints: dict, tags=None) -> None:
+    for tag in tags or EXPANDED + MULTI:
         checkpoint = checkpoints.get(tag)
         if checkpoint is None and tag not in timm.list_pretrained():
             print(f'{tag}: no shipped weights and no --checkpoint; skipped', file=sys.stderr)
@@ -49,7 +50,7 @@ def evaluate_all(npz: str, checkpoints: dict) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         for stem, split, variant in (MULTI_EVALS if tag in MULTI else EXPANDED_EVALS):
             argv = ['--model', MODEL_OF.get(tag, tag), '--npz', npz, '--split', split, '--variant', variant,
-                    '--out', str(out_dir / f'eval_{stem}.json')]
+                    '--out', os.path.relpath(out_dir / f'eval_{stem}.json')]
             if checkpoint:
                 argv += ['--checkpoint', checkpoint]
             evaluate_main(argv)
@@ -86,13 +87,14 @@ def table() -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--npz', default=str(ROOT.parent / 'shared' / 'data' / 'mnist.npz'))
-    parser.add_argument('--evaluate', action='store_true', help='run the evaluations first')
+    parser.add_argument('--evaluate', nargs='*', default=None, metavar='TAG',
+                        help='run the evaluations first (of the TAGs given, default all)')
     parser.add_argument('--checkpoint', action='append', default=[], metavar='TAG=FILE',
                         help='weights of a tag that does not ship (e.g. capsnet.cpu_mnist_shift=runs/.../x.safetensors)')
     args = parser.parse_args(argv)
     checkpoints = dict(item.split('=', 1) for item in args.checkpoint)
-    if args.evaluate:
-        evaluate_all(args.npz, checkpoints)
+    if args.evaluate is not None:
+        evaluate_all(args.npz, checkpoints, args.evaluate)
     print(table())
     return 0
 

@@ -114,7 +114,7 @@ def render_model_card(model_tag: str, evidence: Dict[str, Any], recipe: Optional
               f'- **Dataset:** {dataset_note}',
               '- **Papers:**',
               '  - Exploring Dynamic Routing As A Pooling Layer (Zhao & Huang, ICCV 2019 workshop SDL-CV)']
-    if cfg.get('paper_name') and 'Routing' not in cfg['paper_name']:
+    if cfg.get('paper_name') and 'Pooling Layer' not in cfg['paper_name']:
         lines.append(f"  - {cfg['paper_name']}: https://arxiv.org/abs/{cfg['paper_ids'].split(':')[-1]}"
                      if cfg.get('paper_ids') else f"  - {cfg['paper_name']}")
     lines += ['- **Original:** timm-routing (`import timm_routing` registers its models with timm)', '']
