@@ -24,12 +24,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 EXPANDED = ('capsnet_resnet20.cpu_mnist_shift', 'resnet20.cpu_mnist_shift', 'capsnet.cpu_mnist_shift')
 MULTI = ('capsnet_resnet20_lam5.cpu_multimnist',)
-# (file stem, split, variant)
+# (file stem, split, variant, limit); the first-1000 rows are what tests/test_zoo.py recomputes
 EXPANDED_EVALS = (
-    ('validation', 'validation', 'mnist_shift'), ('test', 'test', 'mnist_shift'),
-    ('test_mnist', 'test', 'mnist_centred'), ('test_affnist_like', 'test', 'affnist_like'),
+    ('validation', 'validation', 'mnist_shift', None), ('test', 'test', 'mnist_shift', None),
+    ('test_mnist', 'test', 'mnist_centred', None), ('test_affnist_like', 'test', 'affnist_like', None),
+    ('test_first1000', 'test', 'mnist_shift', 1000),
 )
-MULTI_EVALS = (('validation', 'validation', 'multimnist'), ('test', 'test', 'multimnist'))
+MULTI_EVALS = (
+    ('validation', 'validation', 'multimnist', None), ('test', 'test', 'multimnist', None),
+    ('test_first1000', 'test', 'multimnist', 1000),
+)
 PAPER = {  # error %: expanded MNIST, affNIST; params
     'CapsNet (Sabour et al. 2017, as quoted in Zhao & Huang Table 4)': ('0.77', '21', '13.4 M'),
     'R-1-32 (Zhao & Huang Table 4)': ('1.70', '5.12', '2.5 M'),
@@ -48,9 +52,11 @@ def evaluate_all(npz: str, checkpoints: dict, tags=None) -> None:
             continue
         out_dir = ROOT / 'results' / tag
         out_dir.mkdir(parents=True, exist_ok=True)
-        for stem, split, variant in (MULTI_EVALS if tag in MULTI else EXPANDED_EVALS):
+        for stem, split, variant, limit in (MULTI_EVALS if tag in MULTI else EXPANDED_EVALS):
             argv = ['--model', MODEL_OF.get(tag, tag), '--npz', npz, '--split', split, '--variant', variant,
                     '--out', os.path.relpath(out_dir / f'eval_{stem}.json')]
+            if limit:
+                argv += ['--limit', str(limit)]
             if checkpoint:
                 argv += ['--checkpoint', checkpoint]
             evaluate_main(argv)
@@ -65,7 +71,7 @@ def table() -> str:
     lines = ['| model | params (M) | expanded MNIST error (%) | MNIST centred error (%) | affNIST-like error (%) |',
              '|---|---|---|---|---|']
     for tag in EXPANDED:
-        evals = {stem: _load(tag, stem) for stem, _, _ in EXPANDED_EVALS}
+        evals = {stem: _load(tag, stem) for stem, _, _, _ in EXPANDED_EVALS}
         if evals['test'] is None:
             continue
         params = sum(p.numel() for p in timm.create_model(MODEL_OF.get(tag, tag)).parameters()) / 1e6

@@ -14,6 +14,8 @@ FAMILIES = {  # one model per family, with a small input
     'resnet20_routing': (3, 32, 32),
     'convnet4_routing': (1, 28, 28),
     'resnet50_routing': (3, 64, 64),
+    'capsnet_resnet20': (1, 40, 40),  # training mode: the reconstruction loss rides on the output
+    'capsnet': (1, 28, 28),
 }
 
 

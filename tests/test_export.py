@@ -10,6 +10,7 @@ ROUTING_CASES = [
     ('resnet20_routing', {}, (3, 32, 32)),
     ('convnet4_routing', dict(routing_iters=3, routing_normalize=True, routing_activation='squash'), (1, 28, 28)),
     ('resnet50_routing', {}, (3, 64, 64)),
+    ('capsnet_resnet20', {}, (1, 40, 40)),
 ]
 
 

@@ -81,9 +81,11 @@ def build_routing_model(
         variant: str,
         pretrained: bool = False,
         feature_cfg: Optional[Dict[str, Any]] = None,
+        filter_fn: Optional[Any] = None,
         **kwargs: Any,
 ) -> nn.Module:
-    """timm's `build_model_with_cfg` with the weight-file checks of this module."""
+    """timm's `build_model_with_cfg` with the weight-file checks of this module; `filter_fn(state_dict, model)`
+    adapts the checked state dict further (before timm's own first-conv and classifier adaptation)."""
     if pretrained:
         cfg = resolve_pretrained_cfg(
             variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
@@ -93,7 +95,8 @@ def build_routing_model(
             _check_weight_file(str(location), variant)
     return build_model_with_cfg(
         model_cls, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
+        pretrained_filter_fn=checkpoint_filter_fn if filter_fn is None else
+        lambda state_dict, model: filter_fn(checkpoint_filter_fn(state_dict, model), model),
         feature_cfg=feature_cfg,
         **kwargs,
     )

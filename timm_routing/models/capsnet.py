@@ -393,10 +393,30 @@ class _PrimaryToDigit(nn.Module):
         return self.digits(self._children(x))
 
 
+def _adapt_decoder_channels(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Pretrained grey reconstructions for a model with more input channels: the decoder's output layer is repeated
+    per channel (timm adapts the first convolution the same way)."""
+    decoder = getattr(model, 'decoder', None)
+    weight = state_dict.get('decoder.fc3.weight')
+    if decoder is None or weight is None or weight.shape == decoder.fc3.weight.shape:
+        return state_dict
+    pixels = weight.shape[0]
+    if decoder.fc3.weight.shape[0] % pixels or decoder.fc3.weight.shape[1:] != weight.shape[1:]:
+        raise ValueError(
+            f'decoder.fc3 of the checkpoint ({tuple(weight.shape)}) cannot be adapted to the model\'s '
+            f'{tuple(decoder.fc3.weight.shape)}: the image size differs.')
+    repeats = decoder.fc3.weight.shape[0] // pixels
+    state_dict = dict(state_dict)
+    state_dict['decoder.fc3.weight'] = weight.repeat(repeats, 1)
+    state_dict['decoder.fc3.bias'] = state_dict['decoder.fc3.bias'].repeat(repeats)
+    return state_dict
+
+
 def _create_capsnet(model_cls: type, variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     feature_cfg = dict(out_indices=(0, 1, 2), flatten_sequential=True) if model_cls is CapsNetResNet else \
         dict(out_indices=(0, 1), feature_cls='getter')  # two levels: Conv1 and PrimaryCaps
-    return build_routing_model(model_cls, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
+    return build_routing_model(
+        model_cls, variant, pretrained, feature_cfg=feature_cfg, filter_fn=_adapt_decoder_channels, **kwargs)
 
 
 def _cfg(url: str = '', img_size: int = 40, **kwargs: Any) -> Dict[str, Any]:
