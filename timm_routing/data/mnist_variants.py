@@ -6,9 +6,10 @@ All are generated deterministically (seeded NumPy generators) from the genuine M
   from the 13x13 possible ones (Sabour's `mnist_shift`; the digit is never cut). `ExpandedMnist` draws a fresh
   placement per epoch for training.
 * **affNIST-like** (`affnist_like`): the real affNIST is not in the shared data, so the MNIST *test* digits get a
-  random affine map in the ranges affNIST documents (rotation ±20°, horizontal shear ±0.2, independent x and y scale
-  0.8-1.2; `AFFNIST_LIKE_RANGES`), bilinear resampling, then a random placement of the result inside 40x40 (digits
-  whose transformed box exceeds 40 px are shrunk to fit). For the official files: `load_affnist_mat`.
+  random affine map in the ranges we take from affNIST's description (rotation ±20°, horizontal shear ±0.2,
+  independent x and y scale 0.8-1.2; `AFFNIST_LIKE_RANGES`, not checked against the real files), bilinear resampling about the centre of the 40x40 canvas (an MNIST digit, about 20 px across,
+  stays inside), then a random placement of the result's bounding box inside 40x40. For the official files:
+  `load_affnist_mat`.
 * **MultiMNIST** (`multi_mnist`): as Sabour describes it: a digit and one of a *different* class, each centred in
   36x36 and shifted by up to ±4 px in each direction, pixel-wise sum clipped at 255. Labels are `(N, 2)`:
   `[first, second]`, first is the digit drawn in order, second its partner.
