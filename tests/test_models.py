@@ -148,6 +148,13 @@ def test_pretrained_cfg():
     assert data_cfg['input_size'] == (3, 32, 32) and data_cfg['crop_pct'] == 1.0
 
 
+def test_resnet20_stays_a_cifar_net_beside_its_grey_mnist_tag():
+    assert timm.create_model('resnet20').pretrained_cfg['input_size'] == (3, 32, 32)
+    grey = timm.models.get_pretrained_cfg('resnet20.cpu_mnist_shift')
+    assert grey.input_size == (1, 40, 40) and grey.mean == (0.,) and grey.file
+    assert timm.create_model('resnet20.cpu_mnist_shift').stem.conv.in_channels == 1
+
+
 def test_train_py_kwargs_are_accepted_and_applied(tmp_path):
     kwargs = dict(
         num_classes=100, in_chans=3, drop_rate=0.2, drop_path_rate=0.1, drop_block_rate=0.1, global_pool='routing',

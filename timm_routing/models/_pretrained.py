@@ -16,7 +16,7 @@ import torch.nn as nn
 from timm.models import build_model_with_cfg
 from timm.models._builder import _resolve_pretrained_source, resolve_pretrained_cfg
 
-__all__ = ['PRETRAINED_DIR', 'HUB_ORG', 'shipped', 'checkpoint_filter_fn', 'build_routing_model']
+__all__ = ['PRETRAINED_DIR', 'HUB_ORG', 'shipped', 'keep_default_tag', 'checkpoint_filter_fn', 'build_routing_model']
 
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / 'pretrained'
 HUB_ORG = 'timm-routing'
@@ -31,6 +31,15 @@ def shipped(cfgs: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
         if path.is_file():
             out[model_tag] = dict(cfg, file=str(path), hf_hub_id=f'{HUB_ORG}/{model_tag}')
     return out
+
+
+def keep_default_tag(default_cfgs: Dict[str, Any], architecture: str, tag: str = '') -> None:
+    """Makes `tag` the default cfg of `architecture` again after `generate_default_cfgs`, which promotes the first tag
+    with weights (e.g. keeps `resnet20` a CIFAR-10 architecture although only its grey expanded-MNIST tag has weights).
+    Call it before the `@register_model` entrypoints, which read `default_cfgs`."""
+    tags = default_cfgs[architecture].tags
+    tags.remove(tag)
+    tags.appendleft(tag)
 
 
 def _check_weight_file(path: str, variant: str) -> None:

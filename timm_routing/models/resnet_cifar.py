@@ -27,7 +27,7 @@ from timm.models import generate_default_cfgs, register_model
 
 from ..layers import resolve_routing_args
 from ._base import StemStagesNet
-from ._pretrained import build_routing_model, shipped
+from ._pretrained import build_routing_model, keep_default_tag, shipped
 from ._cfg import cifar10_cfg, mnist_variant_cfg
 
 __all__ = ['CifarResNet']
@@ -204,7 +204,7 @@ def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
 
 
 default_cfgs = generate_default_cfgs({
-    'resnet20.cifar10*': _cfg(),  # '*': the default even though a later tag has weights
+    'resnet20': _cfg(),
     'resnet32': _cfg(),
     'resnet44': _cfg(),
     'resnet56': _cfg(),
@@ -220,6 +220,7 @@ default_cfgs = generate_default_cfgs({
             paper_name='Deep Residual Learning for Image Recognition'),
     }),
 })
+keep_default_tag(default_cfgs, 'resnet20')  # resnet20 stays the CIFAR-10 net; its grey MNIST tag is a variant
 
 
 @register_model
