@@ -34,7 +34,7 @@ _VARIANTS = {
                    'training epoch'),
 }
 _SET_NAMES = {
-    None: '-', 'mnist_shift': 'expanded MNIST (random placement in 40x40)', 'mnist_centred': 'MNIST, centred in 40x40',
+    'mnist_shift': 'expanded MNIST (random placement in 40x40)', 'mnist_centred': 'MNIST, centred in 40x40',
     'affnist_like': 'affNIST-like (random affine maps, not the real affNIST)', 'multimnist': 'MultiMNIST (36x36)',
 }
 
@@ -166,7 +166,8 @@ def render_model_card(model_tag: str, evidence: Dict[str, Any], recipe: Optional
               '| split | evaluation set | images | top-1 (%) | top-5 (%) | command |', '|---|---|---|---|---|---|']
     for name, r in evals.items():
         split = r['split'] + (f" (first {r['limit']})" if r.get('limit') else '')
-        lines.append(f"| {split} | {_SET_NAMES.get(r.get('variant'), r.get('variant'))} | {r['n']} | "
+        set_name = dataset_title if r.get('variant') is None else _SET_NAMES.get(r['variant'], r['variant'])
+        lines.append(f"| {split} | {set_name} | {r['n']} | "
                      f"{format_percent(r['top1'])} | {format_percent(r['top5'])} | `{r['command']}` |")
     if any(r.get('variant') == 'multimnist' for r in evals.values()):
         lines += ['', 'MultiMNIST top-1 is Sabour et al.\'s accuracy: an image counts when its two longest class '
