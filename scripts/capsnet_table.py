@@ -67,6 +67,11 @@ def _load(tag: str, stem: str):
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _epochs(tag: str) -> str:
+    summary = ROOT / 'results' / tag / 'summary.csv'
+    return f'{len(summary.read_text().strip().splitlines()) - 1} epochs' if summary.exists() else '?'
+
+
 def table() -> str:
     lines = ['| model | params (M) | expanded MNIST error (%) | MNIST centred error (%) | affNIST-like error (%) |',
              '|---|---|---|---|---|']
@@ -77,7 +82,7 @@ def table() -> str:
         params = sum(p.numel() for p in timm.create_model(MODEL_OF.get(tag, tag)).parameters()) / 1e6
         cells = [f"{100 - evals[s]['top1']:.2f}" if evals[s] else '-' for s in ('test', 'test_mnist',
                                                                                  'test_affnist_like')]
-        lines.append(f'| `{tag}` (ours) | {params:.2f} | ' + ' | '.join(cells) + ' |')
+        lines.append(f'| `{tag}` (ours, {_epochs(tag)}) | {params:.2f} | ' + ' | '.join(cells) + ' |')
     for name, (mnist, aff, params) in PAPER.items():
         lines.append(f'| {name} | {params} | {mnist} | - | {aff} (real affNIST) |')
     lines += ['', '| model | params (M) | MultiMNIST error (%) |', '|---|---|---|']
@@ -85,7 +90,7 @@ def table() -> str:
         test = _load(tag, 'test')
         if test is not None:
             params = sum(p.numel() for p in timm.create_model(tag).parameters()) / 1e6
-            lines.append(f"| `{tag}` (ours) | {params:.2f} | {100 - test['top1']:.2f} |")
+            lines.append(f"| `{tag}` (ours, {_epochs(tag)}) | {params:.2f} | {100 - test['top1']:.2f} |")
     lines += ['| CapsNet (Sabour et al. 2017; 11.36 M is `capsnet` at 36x36 counted here) | 11.36 | 5.2 |',
               '| Zhao & Huang §4.3 (λ = 5) | 2.2 | 5.2 |']
     return '\n'.join(lines)

@@ -75,7 +75,8 @@ def test_list_and_eval(tmp_path):
     proc = _run('list')
     assert proc.returncode == 0, proc.stderr
     rows = {line.split()[0]: line for line in proc.stdout.splitlines()[1:]}
-    assert 'cpu_fmnist (' in rows['convnet4_routing'] and rows['resnet20'].split()[-1] == '-'
+    assert 'cpu_fmnist (' in rows['convnet4_routing'] and 'cpu_mnist_shift (' in rows['resnet20']
+    assert rows['resnet32'].split()[-1] == '-'
     # an ImageFolder the test makes: eval reports top-1 and top-5 over its images
     for cls in ('a', 'b'):
         (tmp_path / 'test' / cls).mkdir(parents=True)
