@@ -102,7 +102,8 @@ def main(argv=None) -> int:
     parser.add_argument('--evaluate', nargs='*', default=None, metavar='TAG',
                         help='run the evaluations first (of the TAGs given, default all)')
     parser.add_argument('--checkpoint', action='append', default=[], metavar='TAG=FILE',
-                        help='weights of a tag that does not ship (e.g. capsnet.cpu_mnist_shift=runs/.../x.safetensors)')
+                        help='weights of a tag that does not ship, e.g. '
+                             'capsnet.cpu_mnist_shift=<run>/model_last.safetensors')
     args = parser.parse_args(argv)
     checkpoints = dict(item.split('=', 1) for item in args.checkpoint)
     if args.evaluate is not None:

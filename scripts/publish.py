@@ -36,7 +36,8 @@ def zoo_table(tags) -> str:
         params = sum(p.numel() for p in timm.create_model(tag).parameters()) / 1e6
         test, val = evals['test'], evals.get('validation')
         lines.append(
-            f"| `{tag}` | {test_set} | {params:.3f} | {format_percent(test['top1'])} | {format_percent(test['top5'])} | "
+            f"| `{tag}` | {test_set} | {params:.3f} | {format_percent(test['top1'])} | "
+            f"{format_percent(test['top5'])} | "
             f"{format_percent(val['top1']) if val else '-'} | [card](model_cards/{tag}.md) |")
     return '\n'.join(lines)
 

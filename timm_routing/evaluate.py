@@ -9,7 +9,8 @@ validation` is the seeded stratified hold-out of `timm_routing.data.export_image
 `--seed`). `--variant` turns the MNIST digits of the split into a CapsNet evaluation set (`mnist_shift`,
 `mnist_centred`, `affnist_like`, `multimnist`: `timm_routing.data.make_variant`, seeded as `train_capsnet` does);
 `--affnist-mat` reads official affNIST `.mat` batches instead. For `multimnist` the accuracy is Sabour's: an image
-counts when its two most active classes are its two digits. The JSON records the model, weight file and dataset hashes and the command, as the model cards quote it.
+counts when its two most active classes are its two digits. The JSON records the model, weight file and dataset
+hashes and the command, as the model cards quote it.
 """
 import argparse
 import json

@@ -26,8 +26,8 @@ _DATASETS = {
     'mnist.npz': ('MNIST', 'mnist', 'genuine MNIST (bit-exact idx files)'),
 }
 _VARIANTS = {
-    'mnist_shift': ('expanded MNIST', 'expanded MNIST: each genuine MNIST digit placed at a random spot of a black 40x40 '
-                    'canvas (Sabour et al.), generated with a seed by timm_routing.data; training draws a new '
+    'mnist_shift': ('expanded MNIST', 'expanded MNIST: each genuine MNIST digit placed at a random spot of a black '
+                    '40x40 canvas (Sabour et al.), generated with a seed by timm_routing.data; training draws a new '
                     'placement every epoch'),
     'multimnist': ('MultiMNIST', 'MultiMNIST: two genuine MNIST digits of different classes, each shifted up to 4 px, '
                    'overlaid in 36x36 (Sabour et al.), generated with a seed by timm_routing.data; fresh pairs every '
@@ -156,8 +156,8 @@ def render_model_card(model_tag: str, evidence: Dict[str, Any], recipe: Optional
               f'python train.py --model {model_tag} --pretrained --device-modules timm_routing \\',
               '    --data-dir <imagefolder> --num-classes <N> ...', '```', '']
     if capsules:
-        lines += ["Under train.py the model adds its reconstruction loss (weight 0.0005, decoder on the longest capsule) "
-                  "to train.py's criterion through an auxiliary-loss hook; Sabour's margin loss with the "
+        lines += ["Under train.py the model adds its reconstruction loss (weight 0.0005, decoder on the longest "
+                  "capsule) to train.py's criterion through an auxiliary-loss hook; Sabour's margin loss with the "
                   'reconstruction masked by the true label is `timm_routing.loss.CapsuleLoss` on `forward_train`, '
                   'which `python -m timm_routing.train_capsnet` uses.', '']
     lines += ['## Results', '',

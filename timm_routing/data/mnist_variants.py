@@ -7,9 +7,9 @@ All are generated deterministically (seeded NumPy generators) from the genuine M
   placement per epoch for training.
 * **affNIST-like** (`affnist_like`): the real affNIST is not in the shared data, so the MNIST *test* digits get a
   random affine map in the ranges we take from affNIST's description (rotation ±20°, horizontal shear ±0.2,
-  independent x and y scale 0.8-1.2; `AFFNIST_LIKE_RANGES`, not checked against the real files), bilinear resampling about the centre of the 40x40 canvas (an MNIST digit, about 20 px across,
-  stays inside), then a random placement of the result's bounding box inside 40x40. For the official files:
-  `load_affnist_mat`.
+  independent x and y scale 0.8-1.2; `AFFNIST_LIKE_RANGES`, not checked against the real files), bilinear
+  resampling about the centre of the 40x40 canvas (an MNIST digit, about 20 px across, stays inside), then a random
+  placement of the result's bounding box inside 40x40. For the official files: `load_affnist_mat`.
 * **MultiMNIST** (`multi_mnist`): as Sabour describes it: a digit and one of a *different* class, each centred in
   36x36 and shifted by up to ±4 px in each direction, pixel-wise sum clipped at 255. Labels are `(N, 2)`:
   `[first, second]`, first is the digit drawn in order, second its partner.
@@ -48,7 +48,8 @@ def place_digits(images: np.ndarray, size: int, offsets: np.ndarray) -> np.ndarr
     offsets = np.asarray(offsets)
     if offsets.shape != (n, 2):
         raise ValueError(f'offsets must be ({n}, 2), got {offsets.shape}.')
-    if offsets.min(initial=0) < 0 or (offsets[:, 0] + h).max(initial=0) > size or (offsets[:, 1] + w).max(initial=0) > size:
+    if offsets.min(initial=0) < 0 or (offsets[:, 0] + h).max(initial=0) > size or \
+            (offsets[:, 1] + w).max(initial=0) > size:
         raise ValueError(f'offsets put a {h}x{w} digit outside the {size}x{size} canvas.')
     rows = offsets[:, 0, None] + np.arange(h)  # (N, h)
     cols = offsets[:, 1, None] + np.arange(w)  # (N, w)
@@ -106,7 +107,8 @@ def affnist_like(
     shear_m[:, 0, 1] = sh
     fwd = rot @ shear_m @ (np.eye(2) * np.stack([sx, sy], -1)[:, None, :])  # output = fwd @ input (x, y)
     # the digit, centred on the canvas, is resampled through the inverse map (affine_grid works output -> input)
-    centred = place_digits(images, size, np.full((n, 2), ((size - images.shape[1]) // 2, (size - images.shape[2]) // 2)))
+    centre = ((size - images.shape[1]) // 2, (size - images.shape[2]) // 2)
+    centred = place_digits(images, size, np.full((n, 2), centre))
     grid_theta = torch.zeros(n, 2, 3, dtype=torch.float64)
     grid_theta[:, :, :2] = torch.from_numpy(np.linalg.inv(fwd))
     src = torch.from_numpy(centred[..., 0]).to(torch.float64)[:, None] / 255.
@@ -237,7 +239,8 @@ class MultiMnist(ArrayDataset):
         super().__init__(*multi_mnist(self.digits, self.digit_labels, num_pairs, seed, size))
 
     def set_epoch(self, epoch: int) -> None:
-        images, labels = multi_mnist(self.digits, self.digit_labels, self.num_pairs, self.seed * 100003 + epoch, self.size)
+        images, labels = multi_mnist(
+            self.digits, self.digit_labels, self.num_pairs, self.seed * 100003 + epoch, self.size)
         self.images, self.labels = torch.from_numpy(images[..., 0]), torch.from_numpy(labels)
 
 

@@ -141,7 +141,8 @@ def export_image_folder(
     val_idx = stratified_holdout(y_train, val_size, seed)
     train_idx = np.setdiff1d(np.arange(len(y_train)), val_idx)
     splits = dict(
-        train=(x_train[train_idx], y_train[train_idx], train_idx), validation=(x_train[val_idx], y_train[val_idx], val_idx),
+        train=(x_train[train_idx], y_train[train_idx], train_idx),
+        validation=(x_train[val_idx], y_train[val_idx], val_idx),
         test=(x_test, y_test, np.arange(len(y_test))))
     if variant is not None:
         from .mnist_variants import make_variant

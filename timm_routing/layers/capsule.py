@@ -96,7 +96,8 @@ class ClassCapsuleHead(nn.Module):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f'ClassCapsuleHead: {name} must be a positive int, got {value!r}.')
         if in_chs % capsule_dim:
-            raise ValueError(f'ClassCapsuleHead: capsule_dim={capsule_dim} does not divide the {in_chs} input channels.')
+            raise ValueError(
+                f'ClassCapsuleHead: capsule_dim={capsule_dim} does not divide the {in_chs} input channels.')
         _check_routing_args(iters, lam)
         self.in_chs, self.num_classes = in_chs, num_classes
         self.capsule_dim, self.class_capsule_dim = capsule_dim, class_capsule_dim

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
 __all__ = [
-    'ROUTING_ACTIVATIONS', 'route_by_agreement', 'route_over_parents', 'dynamic_routing', 'routing_pool2d', 'squash', 'vector_norm',
+    'ROUTING_ACTIVATIONS', 'route_by_agreement', 'route_over_parents', 'dynamic_routing', 'routing_pool2d', 'squash',
+    'vector_norm',
     'Squash', 'VectorNorm', 'create_routing_act', 'RoutingPool2d',
 ]
 

@@ -130,7 +130,8 @@ class _CapsuleOutputMixin:
         lengths = _capsule_lengths(capsules)
         out = dict(lengths=lengths, capsules=capsules)
         if self.decoder is not None:
-            mask = class_mask(lengths.detach()) if target is None else multi_hot(target, self.num_classes, lengths.dtype)
+            mask = class_mask(lengths.detach()) if target is None else \
+                multi_hot(target, self.num_classes, lengths.dtype)
             out['reconstruction'] = self.decoder(capsules, mask)
         return out
 
