@@ -135,17 +135,21 @@ class _CapsuleOutputMixin:
             out['reconstruction'] = self.decoder(capsules, mask)
         return out
 
-    def _reset_capsules(self, num_classes: int, global_pool: Optional[str], make_head):
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        """`num_classes` class capsules (new votes, or transformation matrices, and decoder input layer if it
+        changes; 0 keeps the capsules and returns them flattened); `global_pool=None` keeps the head, '' removes
+        it."""
         if global_pool is not None:
             self.global_pool = _check_pool(global_pool)
         if num_classes and num_classes != self.num_capsules:
             dd = get_device_dtype(self)
-            self.head = make_head(num_classes, **dd).train(self.training)
+            self.head = self._make_head(num_classes, **dd).train(self.training)
             if self.decoder is not None:
                 self.decoder.fc1 = nn.Linear(
                     num_classes * self.class_capsule_dim, self.decoder.fc1.out_features, **dd).train(self.training)
             self.num_capsules = num_classes
         self.num_classes = num_classes
+        self.head_hidden_size = self.num_capsules * self.class_capsule_dim
 
 
 class CapsNetResNet(_CapsuleOutputMixin, StemStagesNet):
@@ -222,12 +226,6 @@ class CapsNetResNet(_CapsuleOutputMixin, StemStagesNet):
             stem=r'^stem',
             blocks=r'^stages\.(\d+)' if coarse else r'^stages\.(\d+)\.(\d+)',
         )
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        """`num_classes` class capsules (new votes and decoder input layer if it changes; 0 keeps the capsules and
-        returns them flattened); `global_pool=None` keeps the head, '' removes it."""
-        self._reset_capsules(num_classes, global_pool, self._make_head)
-        self.head_hidden_size = self.num_capsules * self.class_capsule_dim
 
     def prune_intermediate_layers(
             self,
@@ -324,11 +322,6 @@ class CapsNet(_CapsuleOutputMixin, nn.Module):
     def set_grad_checkpointing(self, enable: bool = True):
         if enable:
             raise RuntimeError('CapsNet has two layers; gradient checkpointing is not supported.')
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        """As `CapsNetResNet.reset_classifier`; new digit capsules get new transformation matrices."""
-        self._reset_capsules(num_classes, global_pool, self._make_head)
-        self.head_hidden_size = self.num_capsules * self.class_capsule_dim
 
     def forward_intermediates(
             self,
