@@ -23,7 +23,7 @@ from timm_routing.evaluate import main as evaluate_main
 ROOT = Path(__file__).resolve().parent.parent
 
 EXPANDED = ('capsnet_resnet20.cpu_mnist_shift', 'resnet20.cpu_mnist_shift', 'capsnet.cpu_mnist_shift')
-MULTI = ('capsnet_resnet20_lam5.cpu_multimnist',)
+MULTI = ('capsnet_resnet20_lam5.gpu_multimnist',)
 # (file stem, split, variant, limit); the first-1000 rows are what tests/test_zoo.py recomputes
 EXPANDED_EVALS = (
     ('validation', 'validation', 'mnist_shift', None), ('test', 'test', 'mnist_shift', None),

@@ -59,8 +59,8 @@ def test_explain_and_its_errors(tmp_path):
     for args, message in [
         (('explain', 'resnet21_routing', str(image)), "timm-routing: unknown model 'resnet21_routing'"),
         (('explain', 'convnet4_routing.cpu_fmnist', str(tmp_path / 'missing.png')), 'timm-routing: cannot read image'),
-        (('explain', 'resnet20_routing', str(image)),
-         "timm-routing: model 'resnet20_routing' has no pretrained weights"),
+        (('explain', 'resnet32_routing', str(image)),
+         "timm-routing: model 'resnet32_routing' has no pretrained weights"),
         (('explain', 'convnet4_max.cpu_fmnist', str(image)), 'timm-routing: ConvNet4 has 0 routing layers'),
         (('explain', 'convnet4_routing.cpu_fmnist', str(image), '--group', '9'), 'timm-routing: group 9 out of range'),
     ]:

@@ -1,12 +1,24 @@
-""" Training entry for the CapsNet experiments: expanded MNIST and MultiMNIST, generated from the MNIST `.npz`
+""" Training entry on in-memory arrays: the CapsNet experiments (expanded MNIST, MultiMNIST) and GPU-resident runs
 
     python -m timm_routing.train_capsnet --npz ../shared/data/mnist.npz --dataset mnist_shift \
         --model capsnet_resnet20 --epochs 10 --output runs/capsnet_resnet20
+    python -m timm_routing.train_capsnet --npz ../shared/data/cifar10_jpeg_q75_approx.npz --dataset plain \
+        --model resnet20_routing --opt momentum --lr 0.1 --weight-decay 1e-4 --sched multistep \
+        --decay-milestones 91 136 --epochs 182 --device cuda --output runs/resnet20_routing
 
 timm's train.py serves single-label ImageFolders; this entry exists for what it cannot do here: MultiMNIST's two
 labels, a fresh random placement of every training digit each epoch (Sabour's expanded MNIST), and Sabour's objective
 (margin loss + reconstruction masked by the true label: `CapsuleLoss` on `forward_train`). Models without capsules
 (`resnet20`, the baseline of Table 4) are trained with cross-entropy on the same data, optimiser and schedule.
+
+`--dataset plain` trains on the `.npz` images as they are (any size and channel count) with He et al.'s augmentation,
+done on the training device: `--pad` pixels of zero padding, a random crop back to the image size and a horizontal
+flip with probability `--hflip`. The whole dataset sits on the device, so a small network on a GPU is not held back
+by a per-image loader as it is under train.py; the recipes in `scripts/recipes/` are the train.py form of the same
+schedules. Inputs are normalised with the model's pretrained_cfg mean and std. `--time-budget` fits the schedule to
+the time available: after the second epoch, if the remaining epochs at that epoch's speed would overrun the budget,
+the schedule is shortened (`--decay-milestones` scaled in proportion) and `args.yaml` records `epochs_fitted`; a run
+past 110% of the budget stops after its epoch and records `stopped_after_epochs`.
 
 The validation split (`--val-size` digits held out of the MNIST training set, stratified and seeded as everywhere in
 the package) scores every epoch; the test splits are for `python -m timm_routing.evaluate` on the final weights.
@@ -33,7 +45,7 @@ from timm.utils import update_summary
 from .data import ArrayDataset, ExpandedMnist, MultiMnist, load_npz, make_variant, stratified_holdout
 from .loss import CapsuleLoss
 
-__all__ = ['main', 'train', 'evaluate_accuracy']
+__all__ = ['main', 'train', 'evaluate_accuracy', 'pad_crop_flip']
 
 _logger = logging.getLogger('timm_routing.train_capsnet')
 
@@ -42,29 +54,76 @@ def _is_capsule_model(model: torch.nn.Module) -> bool:
     return hasattr(model, 'forward_train')
 
 
+def to_model_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 images `(B, H, W)` or `(B, H, W, C)` -> normalised float `(B, C, H, W)` (`mean`, `std`: `(1, C, 1, 1)`)."""
+    x = images if images.dim() == 4 else images[..., None]
+    return (x.permute(0, 3, 1, 2).float().div_(255.) - mean) / std
+
+
+def pad_crop_flip(padded: torch.Tensor, index: torch.Tensor, size: int, hflip: float = 0.5) -> torch.Tensor:
+    """He et al.'s CIFAR augmentation for a batch, on the device of `padded`.
+
+    Args:
+        padded: uint8 images `(N, H + 2p, W + 2p, C)`, zero-padded once for the whole dataset.
+        index: the batch's rows of `padded`.
+        size: crop size (the original H = W).
+        hflip: probability of a horizontal flip, per image.
+
+    Returns:
+        `(B, size, size, C)` crops at uniform random offsets in `[0, 2p]`, mirrored where the coin says so (one gather:
+        the flip reverses the column indices).
+    """
+    device, b = padded.device, len(index)
+    span = padded.shape[1] - size + 1
+    offset_y = torch.randint(0, span, (b,), device=device)
+    offset_x = torch.randint(0, padded.shape[2] - size + 1, (b,), device=device)
+    steps = torch.arange(size, device=device)
+    rows = (offset_y[:, None] + steps)[:, :, None]
+    cols = (offset_x[:, None] + steps)[:, None, :]
+    flip = (torch.rand(b, device=device) < hflip)[:, None, None]
+    cols = torch.where(flip, cols.flip(-1), cols)
+    return padded[index.to(device)[:, None, None], rows, cols]
+
+
+class _Split:
+    """Images and labels as tensors on the training device."""
+
+    def __init__(self, images, labels, device):
+        self.images = torch.as_tensor(images).to(device)
+        self.labels = torch.as_tensor(np.asarray(labels).astype(np.int64) if isinstance(labels, np.ndarray)
+                                      else labels).to(device)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
 @torch.no_grad()
-def evaluate_accuracy(model: torch.nn.Module, dataset: ArrayDataset, batch_size: int = 256) -> dict:
+def evaluate_accuracy(model: torch.nn.Module, dataset, batch_size: int = 256, mean=0., std=1.) -> dict:
     """Single-label top-1/top-5, or for `(N, 2)` labels Sabour's MultiMNIST accuracy (both of the top-2 are the two
-    labels), in %; `loss` is the cross-entropy of the outputs (single label) for train.py's summary columns."""
+    labels), in %; `loss` is the cross-entropy of the outputs (single label) for train.py's summary columns.
+
+    `dataset` has uint8 `images` `(N, H, W[, C])` and `labels`; they are normalised with `mean`, `std` (scalars or
+    `(1, C, 1, 1)` tensors) and fed on the model's device."""
     model.eval()
+    device = next(model.parameters()).device
     n = len(dataset)
     correct1 = correct5 = both = 0
-    loss = 0.
+    loss = torch.zeros((), device=device, dtype=torch.float64)
     for start in range(0, n, batch_size):
-        x = dataset.images[start:start + batch_size][:, None].float().div_(255.)
-        y = dataset.labels[start:start + batch_size]
+        x = to_model_input(dataset.images[start:start + batch_size].to(device), mean, std)
+        y = dataset.labels[start:start + batch_size].to(device)
         out = model(x).float()
         if y.dim() == 2:
             top2 = out.topk(2, dim=1).indices.sort(1).values
-            both += (top2 == y.sort(1).values).all(1).sum().item()
+            both += (top2 == y.sort(1).values).all(1).sum()
             continue
-        loss += F.cross_entropy(out, y, reduction='sum').item()
+        loss += F.cross_entropy(out, y, reduction='sum')
         top = out.topk(min(5, out.shape[1]), dim=1).indices
-        correct1 += (top[:, 0] == y).sum().item()
-        correct5 += (top == y[:, None]).any(1).sum().item()
+        correct1 += (top[:, 0] == y).sum()
+        correct5 += (top == y[:, None]).any(1).sum()
     if dataset.labels.dim() == 2:
-        return dict(top1=100. * both / n, top5=float('nan'), loss=float('nan'), n=n)
-    return dict(top1=100. * correct1 / n, top5=100. * correct5 / n, loss=loss / n, n=n)
+        return dict(top1=100. * float(both) / n, top5=float('nan'), loss=float('nan'), n=n)
+    return dict(top1=100. * float(correct1) / n, top5=100. * float(correct5) / n, loss=loss.item() / n, n=n)
 
 
 def _build_data(args):
@@ -75,6 +134,12 @@ def _build_data(args):
         train_idx, val_idx = train_idx[:args.limit], val_idx[:args.limit]
     x_tr, y_tr = data['x_train'][train_idx], data['y_train'][train_idx]
     x_val, y_val = data['x_train'][val_idx], data['y_train'][val_idx]
+    if args.dataset == 'plain':
+        if args.img_size not in (None, x_tr.shape[1]):
+            raise ValueError(f'--img-size {args.img_size} with --dataset plain: the images are {x_tr.shape[1]} pixels; '
+                             'plain training uses them as they are.')
+        padded = np.pad(x_tr, ((0, 0), (args.pad, args.pad), (args.pad, args.pad), (0, 0)))
+        return _Split(padded, y_tr, args.device), _Split(x_val, y_val, args.device)
     if args.dataset == 'mnist_shift':
         train_set = ExpandedMnist(x_tr, y_tr, args.img_size or 40, seed=args.seed)
         val_set = ArrayDataset(*make_variant(x_val, y_val, 'mnist_shift', 'validation', args.seed, args.img_size))
@@ -85,16 +150,46 @@ def _build_data(args):
     return train_set, val_set
 
 
+def _create_scheduler(optimizer, args, num_epochs: int, milestones, steps_per_epoch: int):
+    return create_scheduler_v2(
+        optimizer, sched=args.sched, num_epochs=num_epochs, warmup_epochs=args.warmup_epochs, min_lr=args.min_lr,
+        decay_milestones=list(milestones), decay_rate=args.decay_rate, step_on_epochs=False,
+        updates_per_epoch=steps_per_epoch)
+
+
+def _input_normalisation(model: torch.nn.Module, in_chans: int, plain: bool, device):
+    """`(1, C, 1, 1)` mean and std: raw pixels in [0, 1] for the MNIST variants (as Sabour feeds CapsNet, and as the
+    variant cfgs say), the model's pretrained_cfg values for plain data (averaged over channels when the cfg has
+    another channel count than the data, e.g. the CIFAR cfg of `resnet20` on grey images)."""
+    if not plain:
+        return torch.zeros(1, 1, 1, 1, device=device), torch.ones(1, 1, 1, 1, device=device)
+    data_config = timm.data.resolve_data_config({}, model=model)
+    mean, std = torch.tensor(data_config['mean']), torch.tensor(data_config['std'])
+    if len(mean) != in_chans:
+        _logger.info(f'pretrained_cfg mean/std have {len(mean)} channels, the data {in_chans}: using their averages')
+        mean, std = mean.mean().expand(in_chans), std.mean().expand(in_chans)
+    return mean.reshape(1, -1, 1, 1).to(device), std.reshape(1, -1, 1, 1).to(device)
+
+
 def train(args) -> dict:
     """Runs the whole schedule; returns the last epoch's metrics."""
+    t_start = time.time()
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     train_set, val_set = _build_data(args)
-    img_size = train_set.images.shape[-1]
+    plain = args.dataset == 'plain'
+    img_size = train_set.images.shape[2] - 2 * args.pad if plain else train_set.images.shape[-1]
+    in_chans = train_set.images.shape[-1] if plain else 1
+    num_classes = int(max(train_set.labels.max(), val_set.labels.max())) + 1 if plain else 10
     model_kwargs = dict(args.model_kwargs or {})
-    model = timm.create_model(args.model, num_classes=10, in_chans=1, **model_kwargs)
+    model = timm.create_model(args.model, num_classes=num_classes, in_chans=in_chans, **model_kwargs).to(device)
+    mean, std = _input_normalisation(model, in_chans, plain, device)
     if _is_capsule_model(model) and tuple(model.img_size) != (img_size, img_size):
         raise ValueError(f'{args.model} is built for {model.img_size} inputs but the data are {img_size}x{img_size}; '
                          f'pass --model-kwargs img_size={img_size}.')
@@ -102,31 +197,38 @@ def train(args) -> dict:
     if multi and not _is_capsule_model(model):
         raise ValueError(f'{args.model} has no capsules; MultiMNIST training here is for CapsNet models.')
     criterion = CapsuleLoss(args.recon_weight) if _is_capsule_model(model) else None
-    optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
+                                    momentum=args.momentum)
     steps_per_epoch = -(-len(train_set) // args.batch_size)
-    scheduler, num_epochs = create_scheduler_v2(
-        optimizer, sched=args.sched, num_epochs=args.epochs, warmup_epochs=args.warmup_epochs, min_lr=args.min_lr,
-        step_on_epochs=False, updates_per_epoch=steps_per_epoch)
+    milestones = args.decay_milestones
+    scheduler, num_epochs = _create_scheduler(optimizer, args, args.epochs, milestones, steps_per_epoch)
     start_epoch, best = 0, None
     if args.resume and (out / 'last.pth.tar').exists():
-        state = torch.load(out / 'last.pth.tar', map_location='cpu', weights_only=False)
+        state = torch.load(out / 'last.pth.tar', map_location=device, weights_only=False)
         model.load_state_dict(state['state_dict'])
         optimizer.load_state_dict(state['optimizer'])
         start_epoch, best = state['epoch'] + 1, state.get('best')
         torch.set_rng_state(state['rng'])
+        if state.get('fitted'):  # a schedule shortened by --time-budget stays shortened
+            num_epochs, milestones = state['fitted']
+            args.epochs_fitted, args.decay_milestones_fitted = num_epochs, milestones
+            scheduler, num_epochs = _create_scheduler(optimizer, args, num_epochs, milestones, steps_per_epoch)
     (out / 'args.yaml').write_text(yaml.safe_dump(vars(args), sort_keys=False))
     from safetensors.torch import save_file
     metrics = {}
-    for epoch in range(start_epoch, num_epochs):
+    epoch = start_epoch
+    while epoch < num_epochs:
         if hasattr(train_set, 'set_epoch'):
             train_set.set_epoch(epoch)
+        images, labels = train_set.images.to(device), train_set.labels.to(device)
         model.train()
-        order = torch.randperm(len(train_set))
-        t0, total, seen = time.time(), 0., 0
+        order = torch.randperm(len(train_set), device=device)
+        t0, seen = time.time(), 0
+        total = torch.zeros((), device=device)
         for step in range(steps_per_epoch):
             idx = order[step * args.batch_size:(step + 1) * args.batch_size]
-            x = train_set.images[idx][:, None].float().div_(255.)
-            y = train_set.labels[idx]
+            batch = pad_crop_flip(images, idx, img_size, args.hflip) if plain else images[idx]
+            x, y = to_model_input(batch, mean, std), labels[idx]
             if criterion is not None:
                 loss = criterion(model.forward_train(x, y), y, x)['loss']
             else:
@@ -135,25 +237,48 @@ def train(args) -> dict:
             loss.backward()
             optimizer.step()
             scheduler.step_update(num_updates=epoch * steps_per_epoch + step + 1)
-            total += loss.item() * len(idx)
+            total += loss.detach() * len(idx)
             seen += len(idx)
             if args.log_interval and step % args.log_interval == 0:
-                _logger.info(f'epoch {epoch} step {step}/{steps_per_epoch} loss {total / seen:.4f} '
+                _logger.info(f'epoch {epoch} step {step}/{steps_per_epoch} loss {total.item() / seen:.4f} '
                              f'{seen / (time.time() - t0):.0f} img/s')
-        metrics = evaluate_accuracy(model, val_set)
+        metrics = evaluate_accuracy(model, val_set, mean=mean, std=std)
         lr = optimizer.param_groups[0]['lr']
+        train_loss = total.item() / seen
         update_summary(
-            epoch, dict(loss=total / seen), dict(loss=metrics['loss'], top1=metrics['top1'], top5=metrics['top5']),
+            epoch, dict(loss=train_loss), dict(loss=metrics['loss'], top1=metrics['top1'], top5=metrics['top5']),
             str(out / 'summary.csv'), lr=lr, write_header=epoch == 0)
         state_dict = {k: v.contiguous() for k, v in model.state_dict().items()}
         if best is None or metrics['top1'] >= best:
             best = metrics['top1']
             save_file(state_dict, str(out / 'model_best.safetensors'))
         save_file(state_dict, str(out / 'model_last.safetensors'))
+        epoch_time = time.time() - t0
+        _logger.info(f'epoch {epoch}: train loss {train_loss:.4f}, validation top-1 {metrics["top1"]:.2f} '
+                     f'({epoch_time:.1f} s)')
+        elapsed = time.time() - t_start
+        if args.time_budget and epoch == start_epoch + 1 and epoch + 1 < num_epochs:
+            # the second epoch's time: the first also pays for warm-up (cudnn autotuning, allocator, other jobs)
+            fits = max(epoch + 1, epoch + 1 + int((args.time_budget - elapsed) / epoch_time))
+            if fits < num_epochs:
+                milestones = [max(1, round(m * fits / num_epochs)) for m in milestones]
+                scheduler, num_epochs = _create_scheduler(optimizer, args, fits, milestones, steps_per_epoch)
+                scheduler.step_update(num_updates=(epoch + 1) * steps_per_epoch)
+                args.epochs_fitted, args.decay_milestones_fitted = num_epochs, milestones
+                (out / 'args.yaml').write_text(yaml.safe_dump(vars(args), sort_keys=False))
+                _logger.info(f'--time-budget {args.time_budget:.0f} s: schedule shortened to {num_epochs} epochs '
+                             f'(milestones {milestones}) at {epoch_time:.1f} s per epoch')
         torch.save(dict(state_dict=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch, best=best,
-                        rng=torch.get_rng_state(), args=vars(args)), out / 'last.pth.tar')
-        _logger.info(f'epoch {epoch}: train loss {total / seen:.4f}, validation top-1 {metrics["top1"]:.2f} '
-                     f'({time.time() - t0:.0f} s)')
+                        rng=torch.get_rng_state(), args=vars(args),
+                        fitted=(num_epochs, milestones) if hasattr(args, 'epochs_fitted') else None),
+                   out / 'last.pth.tar')
+        epoch += 1
+        # the stop is a safety net behind the fitted schedule, which needs two epochs to be measured
+        if args.time_budget and elapsed > 1.1 * args.time_budget and start_epoch + 2 <= epoch < num_epochs:
+            args.stopped_after_epochs = epoch
+            (out / 'args.yaml').write_text(yaml.safe_dump(vars(args), sort_keys=False))
+            _logger.warning(f'stopped after {epoch} of {num_epochs} epochs: over 110% of --time-budget')
+            break
     return metrics
 
 
@@ -168,7 +293,8 @@ def main(argv=None) -> int:
     import timm_routing  # noqa: F401  registers the models
     parser = argparse.ArgumentParser(prog='python -m timm_routing.train_capsnet', description=__doc__.split('\n\n')[0])
     parser.add_argument('--npz', required=True, help='MNIST .npz (x_train, y_train, x_test, y_test)')
-    parser.add_argument('--dataset', default='mnist_shift', choices=('mnist_shift', 'multimnist'))
+    parser.add_argument('--dataset', default='mnist_shift', choices=('mnist_shift', 'multimnist', 'plain'),
+                        help="plain: the .npz images as they are, with --pad/--hflip augmentation")
     parser.add_argument('--model', default='capsnet_resnet20')
     parser.add_argument('--model-kwargs', nargs='*', type=_kv, default=None, metavar='KEY=VALUE')
     parser.add_argument('--img-size', type=int, default=None, help='canvas size (40 for mnist_shift, 36 multimnist)')
@@ -176,13 +302,21 @@ def main(argv=None) -> int:
                         'afresh every epoch (default: one per training digit)')
     parser.add_argument('--val-pairs', type=int, default=None)
     parser.add_argument('--epochs', type=int, default=10)
+    parser.add_argument('--pad', type=int, default=4, help='plain: zero padding before the random crop')
+    parser.add_argument('--hflip', type=float, default=0.5, help='plain: horizontal flip probability')
     parser.add_argument('--batch-size', type=int, default=128)
-    parser.add_argument('--opt', default='adam')
+    parser.add_argument('--opt', default='adam', help="timm optimiser name ('momentum': SGD without Nesterov)")
+    parser.add_argument('--momentum', type=float, default=0.9)
     parser.add_argument('--lr', type=float, default=1e-3)
     parser.add_argument('--weight-decay', type=float, default=0.)
     parser.add_argument('--sched', default='cosine')
     parser.add_argument('--warmup-epochs', type=int, default=0)
     parser.add_argument('--min-lr', type=float, default=1e-5)
+    parser.add_argument('--decay-milestones', type=int, nargs='*', default=[90, 180], help='multistep: epochs')
+    parser.add_argument('--decay-rate', type=float, default=0.1)
+    parser.add_argument('--time-budget', type=float, default=None, metavar='SECONDS',
+                        help='shorten the schedule after the first epoch if it would not fit (see the module doc)')
+    parser.add_argument('--device', default='cpu')
     parser.add_argument('--recon-weight', type=float, default=0.0005)
     parser.add_argument('--val-size', type=int, default=5000)
     parser.add_argument('--seed', type=int, default=0)

@@ -53,7 +53,7 @@ def load_npz(path: Union[str, Path]) -> Dict[str, np.ndarray]:
         if y.shape != (x.shape[0],):
             raise ValueError(f'{path}: y_{split} has shape {y.shape}, expected ({x.shape[0]},).')
     if 'class_names' not in data:
-        num_classes = int(max(data['y_train'].max(), data['y_test'].max())) + 1
+        num_classes = int(max(data['y_train'].max(initial=0), data['y_test'].max(initial=0))) + 1
         data['class_names'] = np.array([str(i) for i in range(num_classes)])
     return data
 

@@ -428,10 +428,10 @@ default_cfgs = generate_default_cfgs({
     'capsnet': _cfg(img_size=28, pool_size=(6, 6), classifier=('head.digits', 'decoder.fc1')),
     # Sabour's affNIST experiment: 40x40 inputs (13.5 M parameters); weights are not shipped (54 MB)
     'capsnet.mnist_shift': _cfg(img_size=40, pool_size=(12, 12), classifier=('head.digits', 'decoder.fc1')),
-    # weights trained here (python -m timm_routing.train_capsnet), results/<name>/ holds the evidence
+    # weights trained here (python -m timm_routing.train_capsnet; gpu_: on one H200), results/<name>/ the evidence
     **shipped({
         'capsnet_resnet20.cpu_mnist_shift': _cfg(img_size=40),
-        'capsnet_resnet20_lam5.cpu_multimnist': _cfg(img_size=36),
+        'capsnet_resnet20_lam5.gpu_multimnist': _cfg(img_size=36),
     }),
 })
 

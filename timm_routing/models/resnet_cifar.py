@@ -212,15 +212,19 @@ default_cfgs = generate_default_cfgs({
     'resnet32_routing': _cfg(),
     'resnet44_routing': _cfg(),
     'resnet56_routing': _cfg(),
-    # weights trained here (python -m timm_routing.train_capsnet), results/<name>/ holds the evidence
+    # weights trained here (python -m timm_routing.train_capsnet; gpu_: on one H200), results/<name>/ the evidence
     **shipped({
+        # CIFAR-10 JPEG-q75 approximation (../shared/data), He et al.'s schedule shortened to 100 epochs
+        'resnet20.gpu_cifar10jpeg': _cfg(),
+        'resnet20_routing.gpu_cifar10jpeg': _cfg(),
         # the Table 4 baseline of the CapsNet experiments: expanded MNIST, 40x40 grey, raw pixels
         'resnet20.cpu_mnist_shift': mnist_variant_cfg(
             40, pool_size=(10, 10), first_conv='stem.conv', classifier='head.fc', paper_ids='arXiv:1512.03385',
             paper_name='Deep Residual Learning for Image Recognition'),
     }),
 })
-keep_default_tag(default_cfgs, 'resnet20')  # resnet20 stays the CIFAR-10 net; its grey MNIST tag is a variant
+# resnet20 defaults to its CIFAR-10 weights, not to its grey expanded-MNIST tag
+keep_default_tag(default_cfgs, 'resnet20', 'gpu_cifar10jpeg')
 
 
 @register_model
