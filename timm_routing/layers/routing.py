@@ -18,10 +18,13 @@ outside autocast, and their small results are taken back to float32. Zero vector
 an epsilon floor so outputs and gradients stay finite; the softmax subtracts its maximum, so λ up to 1e4 is safe.
 
 Speed: eager calls run `_RoutingFunction`, whose backward reads the feature map once per read of the forward and
-writes the gradient once; TorchScript runs the same math with plain autograd (`_route_reference`).
+writes the gradient once; TorchScript runs the same math with plain autograd (`_route_reference`). With
+`TIMM_ROUTING_TRITON=1`, CUDA tensors go to the fused Triton kernels of `routing_triton.py` instead (opt-in: checked
+in Triton's interpreter, not yet on a GPU).
 """
 import contextlib
 import math
+import os
 from typing import Callable, Optional, Tuple, Union
 
 import torch
@@ -249,6 +252,10 @@ class _RoutingFunction(torch.autograd.Function):
 
 @torch.jit.unused
 def _route_fused(u: torch.Tensor, iters: int, lam: float, normalize: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    if u.is_cuda and os.environ.get('TIMM_ROUTING_TRITON', '0') == '1':  # opt-in fused kernels (routing_triton.py)
+        from .routing_triton import route_triton, triton_routing_enabled
+        if triton_routing_enabled(u):
+            return route_triton(u, iters, lam, normalize)
     return _RoutingFunction.apply(u, iters, lam, normalize)
 
 
