@@ -74,8 +74,7 @@ def pad_crop_flip(padded: torch.Tensor, index: torch.Tensor, size: int, hflip: f
         the flip reverses the column indices).
     """
     device, b = padded.device, len(index)
-    span = padded.shape[1] - size + 1
-    offset_y = torch.randint(0, span, (b,), device=device)
+    offset_y = torch.randint(0, padded.shape[1] - size + 1, (b,), device=device)
     offset_x = torch.randint(0, padded.shape[2] - size + 1, (b,), device=device)
     steps = torch.arange(size, device=device)
     rows = (offset_y[:, None] + steps)[:, :, None]
@@ -86,12 +85,11 @@ def pad_crop_flip(padded: torch.Tensor, index: torch.Tensor, size: int, hflip: f
 
 
 class _Split:
-    """Images and labels as tensors on the training device."""
+    """uint8 images and int64 labels (numpy arrays in) as tensors on the training device."""
 
-    def __init__(self, images, labels, device):
-        self.images = torch.as_tensor(images).to(device)
-        self.labels = torch.as_tensor(np.asarray(labels).astype(np.int64) if isinstance(labels, np.ndarray)
-                                      else labels).to(device)
+    def __init__(self, images: np.ndarray, labels: np.ndarray, device):
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
 
     def __len__(self) -> int:
         return len(self.images)
