@@ -35,15 +35,32 @@ def configurations(base: dict) -> list:
     return configs
 
 
-def config_name(config: dict) -> str:
-    return f"lam{config['lam']:g}_it{config['iters']}_{'norm' if config['normalize'] else 'raw'}_c{config['capsule_dim']}"
+def config_name(config: dict, seed: int = 0) -> str:
+    name = f"lam{config['lam']:g}_it{config['iters']}_{'norm' if config['normalize'] else 'raw'}_c{config['capsule_dim']}"
+    return name + (f'_seed{seed}' if seed else '')
+
+
+def parse_config(text: str) -> dict:
+    """`LAM,ITERS,NORM,CAP[,SEED]` (e.g. `1,1,true,16` or `0.5,1,true,16,1`) -> a configuration (seed None: --seed)."""
+    try:
+        fields = text.split(',')
+        if len(fields) not in (4, 5) or fields[2].lower() not in ('true', 'false'):
+            raise ValueError(text)
+        return dict(lam=float(fields[0]), iters=int(fields[1]), normalize=fields[2].lower() == 'true',
+                    capsule_dim=int(fields[3]), seed=int(fields[4]) if len(fields) == 5 else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'expected LAM,ITERS,NORM,CAP[,SEED] such as 1,1,true,16 or 0.5,1,true,16,1, got {text!r}') from None
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--npz', required=True)
     parser.add_argument('--model', default='convnet4_routing')
-    parser.add_argument('--base', nargs=4, default=['0.5', '1', 'false', '16'], metavar=('LAM', 'ITERS', 'NORM', 'CAP'))
+    parser.add_argument('--base', type=parse_config, default=parse_config('0.5,1,true,16'), metavar='LAM,ITERS,NORM,CAP')
+    parser.add_argument('--also', type=parse_config, nargs='*', default=[], metavar='LAM,ITERS,NORM,CAP[,SEED]',
+                        help='further runs after the one-at-a-time grid: another setting swept, or a configuration '
+                             'repeated with another seed')
     parser.add_argument('--epochs', type=int, default=6)
     parser.add_argument('--pad', type=int, default=2)
     parser.add_argument('--val-size', type=int, default=5000)
@@ -52,32 +69,34 @@ def main(argv=None) -> int:
     parser.add_argument('--limit', type=int, default=None, help='first N training/validation images (tests)')
     parser.add_argument('--out', required=True)
     args = parser.parse_args(argv)
-    base = dict(lam=float(args.base[0]), iters=int(args.base[1]), normalize=args.base[2].lower() == 'true',
-                capsule_dim=int(args.base[3]))
+    base = {k: v for k, v in args.base.items() if k != 'seed'}
     out = Path(args.out)
     rows = []
-    for config in configurations(base):
-        run = out / config_name(config)
+    runs = [(config, args.seed) for config in configurations(base)]
+    runs += [({k: v for k, v in config.items() if k != 'seed'}, args.seed if config['seed'] is None else config['seed'])
+             for config in args.also]
+    for config, seed in runs:
+        run = out / config_name(config, seed)
         if not (run / 'summary.csv').exists():
             kwargs = [f'routing_lam={config["lam"]}', f'routing_iters={config["iters"]}',
                       f'routing_normalize={str(config["normalize"]).lower()}',
                       f'routing_capsule_dim={config["capsule_dim"]}']
             cmd = ['--npz', args.npz, '--dataset', 'plain', '--pad', str(args.pad), '--model', args.model,
-                   '--epochs', str(args.epochs), '--val-size', str(args.val_size), '--seed', str(args.seed),
+                   '--epochs', str(args.epochs), '--val-size', str(args.val_size), '--seed', str(seed),
                    '--device', args.device, '--log-interval', '0', '--output', str(run), '--model-kwargs', *kwargs]
             if args.limit:
                 cmd += ['--limit', str(args.limit)]
             train_main(cmd)
         summary = list(csv.DictReader((run / 'summary.csv').open()))
-        rows.append(dict(config, name=config_name(config), last_top1=float(summary[-1]['eval_top1']),
+        rows.append(dict(config, seed=seed, name=config_name(config, seed), last_top1=float(summary[-1]['eval_top1']),
                          best_top1=max(float(r['eval_top1']) for r in summary), epochs=len(summary)))
     (out / 'ablation.json').write_text(json.dumps(dict(model=args.model, npz=args.npz, base=base, rows=rows,
                                                        command=' '.join(sys.argv)), indent=1))
     lines = [f'Validation top-1 (%) of `{args.model}` after {args.epochs} epochs (`{" ".join(sys.argv)}`):', '',
-             '| λ | iterations | children | capsule | last epoch | best epoch |', '|---|---|---|---|---|---|']
+             '| λ | iterations | children | capsule | seed | last epoch | best epoch |', '|---|---|---|---|---|---|---|']
     for r in rows:
         lines.append(f"| {r['lam']:g} | {r['iters']} | {'normalised' if r['normalize'] else 'raw'} | "
-                     f"{r['capsule_dim']} | {r['last_top1']:.2f} | {r['best_top1']:.2f} |")
+                     f"{r['capsule_dim']} | {r['seed']} | {r['last_top1']:.2f} | {r['best_top1']:.2f} |")
     (out / 'ablation.md').write_text('\n'.join(lines) + '\n')
     print('\n'.join(lines))
     return 0

@@ -163,5 +163,7 @@ def convnet4_avg(pretrained: bool = False, **kwargs: Any) -> ConvNet4:
 
 @register_model
 def convnet4_routing(pretrained: bool = False, **kwargs: Any) -> ConvNet4:
-    """Table 1 4-conv network with dynamic-routing pooling (capsules of 16 neurons, λ = 0.5)."""
-    return _create_convnet('convnet4_routing', pretrained=pretrained, **dict(dict(global_pool='routing'), **kwargs))
+    """Table 1 4-conv network with dynamic-routing pooling: capsules of 16 neurons, λ = 0.5, one iteration, children
+    normalised (Algorithm 1 line 1), the winners of the validation ablation in docs/results.md."""
+    model_args = dict(global_pool='routing', routing_normalize=True)
+    return _create_convnet('convnet4_routing', pretrained=pretrained, **dict(model_args, **kwargs))
