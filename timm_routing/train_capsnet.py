@@ -148,6 +148,11 @@ def _build_data(args):
     return train_set, val_set
 
 
+def _write_args(out: Path, args) -> None:
+    """`args.yaml`, rewritten whenever the run records something new (a fitted schedule, an early stop)."""
+    (out / 'args.yaml').write_text(yaml.safe_dump(vars(args), sort_keys=False))
+
+
 def _create_scheduler(optimizer, args, num_epochs: int, milestones, steps_per_epoch: int):
     return create_scheduler_v2(
         optimizer, sched=args.sched, num_epochs=num_epochs, warmup_epochs=args.warmup_epochs, min_lr=args.min_lr,
@@ -211,7 +216,7 @@ def train(args) -> dict:
             num_epochs, milestones = state['fitted']
             args.epochs_fitted, args.decay_milestones_fitted = num_epochs, milestones
             scheduler, num_epochs = _create_scheduler(optimizer, args, num_epochs, milestones, steps_per_epoch)
-    (out / 'args.yaml').write_text(yaml.safe_dump(vars(args), sort_keys=False))
+    _write_args(out, args)
     from safetensors.torch import save_file
     metrics = {}
     epoch = start_epoch
@@ -263,7 +268,7 @@ def train(args) -> dict:
                 scheduler, num_epochs = _create_scheduler(optimizer, args, fits, milestones, steps_per_epoch)
                 scheduler.step_update(num_updates=(epoch + 1) * steps_per_epoch)
                 args.epochs_fitted, args.decay_milestones_fitted = num_epochs, milestones
-                (out / 'args.yaml').write_text(yaml.safe_dump(vars(args), sort_keys=False))
+                _write_args(out, args)
                 _logger.info(f'--time-budget {args.time_budget:.0f} s: schedule shortened to {num_epochs} epochs '
                              f'(milestones {milestones}) at {epoch_time:.1f} s per epoch')
         torch.save(dict(state_dict=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch, best=best,
@@ -274,7 +279,7 @@ def train(args) -> dict:
         # the stop is a safety net behind the fitted schedule, which needs two epochs to be measured
         if args.time_budget and elapsed > 1.1 * args.time_budget and start_epoch + 2 <= epoch < num_epochs:
             args.stopped_after_epochs = epoch
-            (out / 'args.yaml').write_text(yaml.safe_dump(vars(args), sort_keys=False))
+            _write_args(out, args)
             _logger.warning(f'stopped after {epoch} of {num_epochs} epochs: over 110% of --time-budget')
             break
     return metrics
@@ -290,7 +295,8 @@ def _kv(text: str):
 def main(argv=None) -> int:
     import timm_routing  # noqa: F401  registers the models
     parser = argparse.ArgumentParser(prog='python -m timm_routing.train_capsnet', description=__doc__.split('\n\n')[0])
-    parser.add_argument('--npz', required=True, help='MNIST .npz (x_train, y_train, x_test, y_test)')
+    parser.add_argument('--npz', required=True,
+                        help='.npz with x_train, y_train, x_test, y_test (MNIST for the CapsNet datasets)')
     parser.add_argument('--dataset', default='mnist_shift', choices=('mnist_shift', 'multimnist', 'plain'),
                         help="plain: the .npz images as they are, with --pad/--hflip augmentation")
     parser.add_argument('--model', default='capsnet_resnet20')
@@ -313,7 +319,7 @@ def main(argv=None) -> int:
     parser.add_argument('--decay-milestones', type=int, nargs='*', default=[90, 180], help='multistep: epochs')
     parser.add_argument('--decay-rate', type=float, default=0.1)
     parser.add_argument('--time-budget', type=float, default=None, metavar='SECONDS',
-                        help='shorten the schedule after the first epoch if it would not fit (see the module doc)')
+                        help='shorten the schedule after the second epoch if it would not fit (see the module doc)')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--recon-weight', type=float, default=0.0005)
     parser.add_argument('--val-size', type=int, default=5000)

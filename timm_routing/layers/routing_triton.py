@@ -19,10 +19,11 @@ import torch
 import triton
 import triton.language as tl
 
+from .routing import _EPS
+
 __all__ = ['route_triton', 'triton_routing_enabled', 'MAX_TILE']
 
 MAX_TILE = 16384  # BLOCK_D * BLOCK_N elements held by one program
-_EPS = 1e-12
 
 
 def triton_routing_enabled(u: torch.Tensor) -> bool:
