@@ -19,12 +19,35 @@ def test_grid_varies_one_setting_at_a_time():
         assert sum(config[k] != base[k] for k in base) == 1
 
 
-def test_ablation_runs_scores_on_validation_and_skips_existing_runs(tmp_path):
+def test_vary_picks_settings_and_their_order():
+    base = dict(lam=5.0, iters=1, normalize=False, capsule_dim=16)
+    configs = routing_ablation.configurations(base, ('normalize', 'capsule_dim'))
+    assert configs == [base, dict(base, normalize=True), dict(base, capsule_dim=32), dict(base, capsule_dim=64)]
+
+
+def _tiny_npz(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (60, 28, 28, 1), dtype=np.uint8)
     y = (np.arange(60) % 3).astype(np.uint8)
     npz = tmp_path / 'tiny.npz'
     np.savez(npz, x_train=x, y_train=y, x_test=x[:0], y_test=y[:0])
+    return npz
+
+
+def test_train_args_reach_every_run(tmp_path):
+    out = tmp_path / 'ablation'
+    assert routing_ablation.main([
+        '--npz', str(_tiny_npz(tmp_path)), '--base', '5,1,false,16', '--vary', 'normalize', '--epochs', '1',
+        '--val-size', '15', '--out', str(out), '--train-args', '--opt momentum --lr 0.05 --hflip 0']) == 0
+    rows = json.loads((out / 'ablation.json').read_text())['rows']
+    assert [r['name'] for r in rows] == ['lam5_it1_raw_c16', 'lam5_it1_norm_c16']
+    for r in rows:
+        recorded = yaml.safe_load((out / r['name'] / 'args.yaml').read_text())
+        assert (recorded['opt'], recorded['lr'], recorded['hflip']) == ('momentum', 0.05, 0.0)
+
+
+def test_ablation_runs_scores_on_validation_and_skips_existing_runs(tmp_path):
+    npz = _tiny_npz(tmp_path)
     out = tmp_path / 'ablation'
     args = ['--npz', str(npz), '--base', '0.5,1,false,16', '--epochs', '1', '--val-size', '15', '--out', str(out),
             '--also', '1,1,true,16,1']
