@@ -40,18 +40,19 @@ from timm_routing.models.backbones import _find_global_pool
 HEADS = ('avg', 'max', 'routing-1', 'routing-2', 'routing-3', 'attention')
 
 
-def make_pool(head: str, num_features: int, feat_size: int, device, lam: float) -> nn.Module:
+def make_pool(head: str, num_features: int, feat_size: int, device, lam: float, normalize: bool = False) -> nn.Module:
     """The pooling layer of `head`, producing `(B, num_features)`."""
     if head in ('avg', 'max'):
         return SelectAdaptivePool2d(pool_type=head, flatten=True)
     if head.startswith('routing-'):
-        return RoutingPool2d(capsule_dim=16, iters=int(head.split('-')[1]), lam=lam, flatten=True)
+        return RoutingPool2d(capsule_dim=16, iters=int(head.split('-')[1]), lam=lam, normalize=normalize, flatten=True)
     if head == 'attention':
         return AttentionPool2d(num_features, feat_size=feat_size, out_features=num_features, device=device)
     raise ValueError(f'Unknown head {head!r}; expected one of {HEADS}.')
 
 
-def build_models(model_name: str, img_size: int, heads: List[str], device, lam: float) -> Dict[str, nn.Module]:
+def build_models(model_name: str, img_size: int, heads: List[str], device, lam: float,
+                 normalize: bool = False) -> Dict[str, nn.Module]:
     torch.manual_seed(0)
     base = timm.create_model(model_name, global_pool='avg', num_classes=10 if 'resnet20' in model_name else 1000)
     base.to(device)
@@ -62,7 +63,7 @@ def build_models(model_name: str, img_size: int, heads: List[str], device, lam: 
         model = timm.create_model(model_name, global_pool='avg', num_classes=base.num_classes).to(device)
         model.load_state_dict(base.state_dict())
         parent, attr, _ = _find_global_pool(model)
-        setattr(parent, attr, make_pool(head, feat.shape[1], feat.shape[-1], device, lam))
+        setattr(parent, attr, make_pool(head, feat.shape[1], feat.shape[-1], device, lam, normalize))
         models[head] = model
     return models
 
@@ -100,8 +101,9 @@ def _time_interleaved(steps: Dict[str, Callable[[], None]], device, reps: int, w
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def bench_model(model_name: str, img_size: int, batch: int, heads: List[str], device, reps: int, lam: float):
-    models = build_models(model_name, img_size, heads, device, lam)
+def bench_model(model_name: str, img_size: int, batch: int, heads: List[str], device, reps: int, lam: float,
+                normalize: bool = False):
+    models = build_models(model_name, img_size, heads, device, lam, normalize)
     x = torch.randn(batch, 3, img_size, img_size, device=device)
     y = torch.randint(0, next(iter(models.values())).num_classes, (batch,), device=device)
     opts = {h: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for h, m in models.items()}
@@ -143,9 +145,9 @@ def bench_model(model_name: str, img_size: int, batch: int, heads: List[str], de
     ]
 
 
-def bench_layers(shape, heads: List[str], device, reps: int, lam: float):
+def bench_layers(shape, heads: List[str], device, reps: int, lam: float, normalize: bool = False):
     x = torch.randn(*shape, device=device, requires_grad=True)
-    pools = {h: make_pool(h, shape[1], shape[-1], device, lam) for h in heads}
+    pools = {h: make_pool(h, shape[1], shape[-1], device, lam, normalize) for h in heads}
 
     def fwd_bwd(pool):
         def step():
@@ -220,6 +222,8 @@ def main(argv=None):
     parser.add_argument('--layer-shape', type=int, nargs=4, default=[256, 2048, 7, 7])
     parser.add_argument('--reps', type=int, default=7, help='timed repetitions per head (median reported)')
     parser.add_argument('--lam', type=float, default=5.0, help='routing λ (does not change the cost)')
+    parser.add_argument('--normalize', action='store_true',
+                        help='routing heads normalise their children (the CIFAR ResNet and 4-conv defaults)')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: all)')
     parser.add_argument('--out', default=None, help='write the raw results as JSON here')
     args = parser.parse_args(argv)
@@ -229,14 +233,14 @@ def main(argv=None):
     heads = ['avg'] + [h for h in args.heads if h != 'avg']
     r50_batches = args.resnet50_batches if args.resnet50_batches is not None else (
         [1, 8, 32, 128, 256] if device.type == 'cuda' else [1, 8, 32])
-    results = dict(device=device.type, machine=machine_description(device), command=' '.join(sys.argv),
-                   models=[], layers=[])
+    command = ' '.join([sys.argv[0]] + list(sys.argv[1:] if argv is None else argv))
+    results = dict(device=device.type, machine=machine_description(device), command=command, models=[], layers=[])
     for name, size, batches in (('resnet20', 32, args.resnet20_batches), ('resnet50', 224, r50_batches)):
         for batch in batches:
-            results['models'] += bench_model(name, size, batch, heads, device, args.reps, args.lam)
+            results['models'] += bench_model(name, size, batch, heads, device, args.reps, args.lam, args.normalize)
             print(f'done {name} batch {batch}', file=sys.stderr, flush=True)
     if args.layer_shape:
-        results['layers'] = bench_layers(tuple(args.layer_shape), heads, device, args.reps, args.lam)
+        results['layers'] = bench_layers(tuple(args.layer_shape), heads, device, args.reps, args.lam, args.normalize)
     print(to_markdown(results))
     if args.out:
         with open(args.out, 'w') as f:

@@ -241,12 +241,12 @@ class _RoutingFunction(torch.autograd.Function):
             # stacked along dim 1, each (M, D) / (M, N) is one contiguous block per matrix: a cheap copy
             lhs = torch.stack(left, dim=1).to(u.dtype).transpose(1, 2)  # (M, D, K)
             rhs = torch.stack(right, dim=1).to(u.dtype)  # (M, K, N)
+            grad_u = torch.bmm(lhs, rhs)
             if normalize and g_inv is not None:
-                # inv_n = 1 / max(‖u_n‖, eps): d inv_n / d u_n = -inv_n³ u_n where ‖u_n‖ > eps
+                # inv_n = 1 / max(‖u_n‖, eps): d inv_n / d u_n = -inv_n³ u_n where ‖u_n‖ > eps; added in place, so no
+                # second map-sized tensor is allocated
                 coef = -g_inv * inv.pow(3) * (inv < 1. / _EPS).to(work_dtype)
-                grad_u = torch.baddbmm(u * coef.to(u.dtype).unsqueeze(1), lhs, rhs)
-            else:
-                grad_u = torch.bmm(lhs, rhs)
+                grad_u.addcmul_(u, coef.to(u.dtype).unsqueeze(1))
         return grad_u, None, None, None
 
 

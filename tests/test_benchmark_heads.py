@@ -1,0 +1,25 @@
+"""scripts/benchmark_heads.py runs end to end on tiny shapes (no timing is asserted) and builds the heads it names."""
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'scripts'))
+import benchmark_heads  # noqa: E402
+
+
+def test_routing_heads_take_lambda_and_normalisation():
+    pool = benchmark_heads.make_pool('routing-2', 64, 8, 'cpu', lam=1.0, normalize=True)
+    assert (pool.iters, pool.lam, pool.normalize) == (2, 1.0, True)
+    assert benchmark_heads.make_pool('routing-1', 64, 8, 'cpu', lam=5.0).normalize is False
+
+
+def test_script_writes_every_head_and_the_layer_rows(tmp_path, capsys):
+    out = tmp_path / 'bench.json'
+    benchmark_heads.main(['--device', 'cpu', '--heads', 'avg', 'routing-1', '--resnet20-batches', '2',
+                          '--resnet50-batches', '--layer-shape', '2', '32', '4', '4', '--reps', '1', '--normalize',
+                          '--threads', '1', '--out', str(out)])
+    result = json.loads(out.read_text())
+    assert [(r['model'], r['batch'], r['head']) for r in result['models']] == [
+        ('resnet20', 2, 'avg'), ('resnet20', 2, 'routing-1')]
+    assert [r['head'] for r in result['layers']] == ['avg', 'routing-1'] and '--normalize' in result['command']
+    assert '| (2, 32, 4, 4) | routing-1 |' in capsys.readouterr().out
