@@ -17,7 +17,7 @@ def test_models_table_lists_every_model():
     rows = {line.split()[0]: line for line in lines[2:]}
     assert set(rows) == set(routing_model_names())
     assert rows['resnet20_routing'].split()[1] == '0.270'
-    assert 'capsule_dim=16 iters=1 lam=5 normalize=False' in rows['resnet20_routing']
+    assert 'capsule_dim=16 iters=1 lam=5 normalize=True' in rows['resnet20_routing']
     assert rows['resnet20'].split()[-1] == '-'
 
 

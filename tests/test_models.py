@@ -47,7 +47,7 @@ def test_routing_head_adds_no_parameters_and_is_the_gp_switch():
     torch.testing.assert_close(gp_routing(x), routing(x))
     pool = routing.head.global_pool
     assert isinstance(pool, RoutingPool2d)
-    assert (pool.capsule_dim, pool.iters, pool.lam, pool.normalize) == (16, 1, 5.0, False)
+    assert (pool.capsule_dim, pool.iters, pool.lam, pool.normalize) == (16, 1, 5.0, True)
     conv_pool = timm.create_model('convnet4_routing', in_chans=3).head.global_pool
     assert (conv_pool.capsule_dim, conv_pool.lam) == (16, 0.5)
 

@@ -1,6 +1,7 @@
-"""The fused Triton routing kernels against the PyTorch path (`_RoutingFunction`), run in Triton's interpreter on CPU
-tensors (`TRITON_INTERPRET=1`, set before triton compiles anything, hence the subprocess). No GPU is needed; the GPU
-compile and speed are not covered here."""
+"""The fused Triton routing kernels against the PyTorch path (`_RoutingFunction`): in Triton's interpreter on CPU
+tensors (`TRITON_INTERPRET=1`, set before triton compiles anything, hence the subprocess), and compiled on CUDA
+tensors where a GPU is present (skipped otherwise). Speed is `scripts/benchmark_heads.py`'s business
+(`TIMM_ROUTING_TRITON=1`)."""
 import os
 import subprocess
 import sys
@@ -12,8 +13,10 @@ import torch
 triton = pytest.importorskip('triton')
 
 _CHECK = textwrap.dedent('''
-    import itertools, os
-    os.environ['TRITON_INTERPRET'] = '1'
+    import itertools, os, sys
+    device = sys.argv[1]
+    if device == 'cpu':
+        os.environ['TRITON_INTERPRET'] = '1'
     import torch
     from timm_routing.layers.routing import _RoutingFunction
     from timm_routing.layers.routing_triton import route_triton
@@ -27,7 +30,7 @@ _CHECK = textwrap.dedent('''
 
     for iters, normalize, lam, (rows, dim, n) in itertools.product(
             (0, 1, 2, 3), (False, True), (0., 0.5, 5.), ((3, 16, 64), (5, 6, 10), (2, 3, 49))):
-        u = torch.randn(rows, dim, n).relu_()
+        u = torch.randn(rows, dim, n, device=device).relu_()
         u[-1, :, 1] = 0  # a dead child: the epsilon floor of the norms
         u[0, :, :] = 0 if rows > 3 else u[0]  # a dead row: s = 0, the projection of v is switched off
         ref, fused = u.clone().requires_grad_(), u.clone().requires_grad_()
@@ -45,13 +48,13 @@ _CHECK = textwrap.dedent('''
         route_triton(fused, iters, lam, normalize)[0].mul(g_s).sum().backward()
         close_grads(fused.grad, ref.grad)
         cases += 1
-    u = torch.randn(4, 16, 49).relu_().half()
+    u = torch.randn(4, 16, 49, device=device).relu_().half()
     s, c = route_triton(u, 2, 5., False)
     s_ref, c_ref = _RoutingFunction.apply(u.float(), 2, 5., False)
     assert s.dtype == c.dtype == torch.float16
     torch.testing.assert_close(s.float(), s_ref, rtol=2e-3, atol=2e-3)
     try:
-        route_triton(torch.zeros(1, 128, 256), 1, 1., False)
+        route_triton(torch.zeros(1, 128, 256, device=device), 1, 1., False)
     except ValueError as e:
         assert '128 x 256' in str(e)
     else:
@@ -60,9 +63,13 @@ _CHECK = textwrap.dedent('''
 ''')
 
 
-def test_fused_kernels_match_the_pytorch_routing_in_the_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET='1')
-    proc = subprocess.run([sys.executable, '-c', _CHECK], capture_output=True, text=True, env=env, timeout=600)
+@pytest.mark.parametrize('device', [
+    'cpu', pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device'))])
+def test_fused_kernels_match_the_pytorch_routing(device):
+    env = dict(os.environ)
+    if device == 'cpu':
+        env['TRITON_INTERPRET'] = '1'  # the interpreter; on CUDA the kernels are compiled
+    proc = subprocess.run([sys.executable, '-c', _CHECK, device], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'cases 72' in proc.stdout
 

@@ -69,9 +69,13 @@ def _card_row(tag: str, split_label: str):
     return int(cells[2]), float(cells[3]), cells[4], cells[5].strip('`')
 
 
-@pytest.mark.parametrize('tag', FMNIST)
+# tags trained on a dataset .npz as it is, by the suffix of their tag
+PLAIN_DATASETS = {'_fmnist': 'fashion_mnist.npz', '_cifar10jpeg': 'cifar10_jpeg_q75_approx.npz'}
+
+
+@pytest.mark.parametrize('tag', [t for t in SHIPPED if t.endswith(tuple(PLAIN_DATASETS))])
 def test_card_accuracy_recomputed_from_shipped_weights(tag):
-    npz = DATA_DIR / 'fashion_mnist.npz'
+    npz = DATA_DIR / next(f for suffix, f in PLAIN_DATASETS.items() if tag.endswith(suffix))
     if not npz.is_file():
         pytest.skip(f'{npz} not present (set TIMM_ROUTING_DATA to the shared data folder)')
     from timm_routing.evaluate import evaluate_model
