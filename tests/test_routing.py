@@ -268,3 +268,15 @@ def test_route_by_agreement_scripts():
     torch.testing.assert_close(scripted(x), RoutingPool2d(8, iters=2, lam=3.0, normalize=True, activation='squash')(x))
     with pytest.raises(Exception, match='does not divide'):
         scripted(torch.randn(2, 12, 5, 5))
+
+
+def test_child_norms_by_slabs_match_vector_norm(monkeypatch):
+    from timm_routing.layers import routing
+    monkeypatch.setattr(routing, '_SLAB_ELEMENTS', 50)  # 3 rows of 3 x 5 per slab: slabs and a short last one
+    u = torch.randn(10, 3, 5, dtype=torch.float64) * 300
+    expected = torch.linalg.vector_norm(u, dim=1)
+    torch.testing.assert_close(routing._child_norms(u, torch.float64), expected)
+    # half input: squared in float32, so lengths of 300 (squares beyond float16's range) stay finite
+    half = routing._child_norms(u.half(), torch.float32)
+    assert half.dtype == torch.float32 and torch.isfinite(half).all()
+    torch.testing.assert_close(half, expected.float(), rtol=2e-3, atol=1e-2)

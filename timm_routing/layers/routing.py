@@ -149,9 +149,9 @@ _SLAB_ELEMENTS = 1 << 21  # rows of `u` per slab in `_child_norms`: about 8 MB o
 def _child_norms(u: torch.Tensor, work_dtype: torch.dtype) -> torch.Tensor:
     """`‖u[m, :, n]‖`: `(M, D, N) -> (M, N)` in `work_dtype`.
 
-    On CPU, `torch.linalg.vector_norm` over the middle dimension runs a strided kernel about 50 times slower than a
-    pass over the data (torch 2.14: 270 ms on a `(32768, 16, 49)` map); a sum of squares over slabs of rows takes one
-    pass (3-4 ms) and a slab-sized temporary. Traced and compiled graphs keep `vector_norm` (no shape-dependent loop).
+    On CPU, `torch.linalg.vector_norm` over the middle dimension runs a strided kernel many times slower than a pass
+    over the data (torch 2.14; see docs/benchmarks.md); a sum of squares over slabs of rows takes one pass and a
+    slab-sized temporary. Traced and compiled graphs keep `vector_norm` (no shape-dependent loop).
     """
     if u.device.type != 'cpu' or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return torch.linalg.vector_norm(u, dim=1, dtype=work_dtype)
