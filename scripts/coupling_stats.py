@@ -16,7 +16,6 @@ import argparse
 import sys
 
 import torch
-from PIL import Image
 
 import timm
 from timm.data import create_transform, resolve_data_config
@@ -24,8 +23,7 @@ from timm.models import load_checkpoint
 from timm.utils import ParseKwargs
 
 import timm_routing  # noqa: F401  registers the models
-from timm_routing.data import to_pil_array
-from timm_routing.evaluate import load_split
+from timm_routing.evaluate import load_split, model_inputs
 from timm_routing.layers import RoutingPool2d
 from timm_routing.layers.routing import routing_pool2d
 
@@ -65,7 +63,7 @@ def main(argv=None) -> int:
         load_checkpoint(model, args.weights)
     transform = create_transform(**resolve_data_config(model=model))
     x, _ = load_split(args.npz, 'test', limit=args.limit)
-    images = torch.stack([transform(Image.fromarray(to_pil_array(img))) for img in x])
+    images = model_inputs(x, transform)
     source = args.weights or ('shipped weights' if '.' in args.model else f'initialisation, seed {args.seed}')
     print(f'{args.model} ({source}), first {len(images)} test images of {args.npz}:')
     for r in coupling_stats(model, images):

@@ -16,11 +16,9 @@ import torch
 
 import timm
 from timm.data import create_transform, resolve_data_config
-from PIL import Image
 
 import timm_routing  # noqa: F401
-from timm_routing.data import to_pil_array
-from timm_routing.evaluate import load_split
+from timm_routing.evaluate import load_split, model_inputs
 from timm_routing.explain import coupling_maps, curve_area, deletion_insertion, grad_cam, heatmaps
 
 
@@ -41,7 +39,7 @@ def main(argv=None) -> int:
     areas = {name: {'deletion': [], 'insertion': []} for name in ('routing couplings', 'Grad-CAM', 'random')}
     for start in range(0, len(images), args.batch_size):
         batch = images[start:start + args.batch_size]
-        x = torch.stack([transform(Image.fromarray(to_pil_array(img))) for img in batch])
+        x = model_inputs(batch, transform)
         with torch.no_grad():
             target = model(x).argmax(1)
         maps = {

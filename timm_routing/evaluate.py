@@ -29,7 +29,7 @@ from .data import (
     MNIST_VARIANTS, load_affnist_mat, load_npz, make_variant, sha256_file, stratified_holdout, to_pil_array,
 )
 
-__all__ = ['load_split', 'evaluate_arrays', 'evaluate_model', 'main']
+__all__ = ['load_split', 'model_inputs', 'evaluate_arrays', 'evaluate_model', 'main']
 
 
 def load_split(npz_path, split: str = 'test', val_size: int = 5000, seed: int = 0, limit: Optional[int] = None):
@@ -49,6 +49,11 @@ def load_split(npz_path, split: str = 'test', val_size: int = 5000, seed: int = 
     return x, y
 
 
+def model_inputs(images: np.ndarray, transform) -> torch.Tensor:
+    """uint8 `(N, H, W, C)` images -> one input batch, each image through `transform` (timm's evaluation transform)."""
+    return torch.stack([transform(Image.fromarray(to_pil_array(img))) for img in images])
+
+
 @torch.no_grad()
 def evaluate_arrays(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, batch_size: int = 256,
                     progress: bool = False) -> Dict[str, Any]:
@@ -58,8 +63,7 @@ def evaluate_arrays(model: torch.nn.Module, images: np.ndarray, labels: np.ndarr
     correct1 = correct5 = 0
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
-        pil = [Image.fromarray(to_pil_array(img)) for img in batch]
-        x = torch.stack([transform(p) for p in pil])
+        x = model_inputs(batch, transform)
         target = torch.as_tensor(labels[start:start + batch_size], dtype=torch.long)
         if target.dim() == 2:  # several objects per image: the top-k classes must be exactly the targets
             top = model(x).topk(target.shape[1], dim=1).indices.sort(1).values
