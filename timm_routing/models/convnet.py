@@ -140,11 +140,15 @@ default_cfgs = generate_default_cfgs({
     'convnet4_max': _cfg(),
     'convnet4_avg': _cfg(),
     'convnet4_routing': _cfg(),
-    # weights trained here (scripts/recipes/<name>.yaml), results/<name>/ holds the evidence
+    # weights trained here (scripts/recipes/<name>.yaml or train_capsnet, see results/<name>/notes.md), results/<name>/
+    # holds the evidence; the Fashion-MNIST tags come first, so they stay the default pretrained weights
     **shipped({
         'convnet4_max.cpu_fmnist': _fmnist_cfg(),
         'convnet4_avg.cpu_fmnist': _fmnist_cfg(),
         'convnet4_routing.cpu_fmnist': _fmnist_cfg(),
+        'convnet4_max.cpu_cifar10jpeg': _cfg(),
+        'convnet4_avg.cpu_cifar10jpeg': _cfg(),
+        'convnet4_routing.cpu_cifar10jpeg': _cfg(),
     }),
 })
 
