@@ -99,6 +99,22 @@ def test_evaluate_command_on_a_checkpoint(tiny_npz, tmp_path):
     assert len(x_val) == 15
 
 
+def test_evaluate_refuses_another_holdout_than_the_run_trained_with(tiny_npz, tmp_path):
+    import timm
+    import torch
+    from timm_routing.evaluate import evaluate_model
+    model = timm.create_model('convnet4_routing.cpu_fmnist')
+    ckpt = tmp_path / 'last.pth.tar'  # what train_capsnet writes: its args name the npz, val_size and seed
+    torch.save({'state_dict': model.state_dict(), 'args': dict(npz=str(tiny_npz), dataset='plain', seed=1,
+                                                                val_size=15)}, ckpt)
+    with pytest.raises(ValueError, match=r'last\.pth\.tar was trained by train_capsnet with --seed 1 --val-size 15'):
+        evaluate_model('convnet4_routing.cpu_fmnist', tiny_npz, 'validation', str(ckpt), val_size=15, seed=0)
+    with pytest.raises(ValueError, match='--seed 1 --val-size 15'):
+        evaluate_model('convnet4_routing.cpu_fmnist', tiny_npz, 'train', str(ckpt), val_size=20, seed=1)
+    assert evaluate_model('convnet4_routing.cpu_fmnist', tiny_npz, 'validation', str(ckpt), val_size=15, seed=1)['n'] == 15
+    assert evaluate_model('convnet4_routing.cpu_fmnist', tiny_npz, 'test', str(ckpt))['n'] == 12  # the test split is fixed
+
+
 def test_run_module_registers_models_before_the_script(tmp_path):
     script = tmp_path / 'list_models.py'
     script.write_text(

@@ -14,6 +14,7 @@ hashes and the command, as the model cards quote it.
 """
 import argparse
 import json
+import pickle
 import sys
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -84,12 +85,41 @@ def evaluate_arrays(model: torch.nn.Module, images: np.ndarray, labels: np.ndarr
     return dict(n=n, top1=100. * correct1 / n, top5=100. * correct5 / n)
 
 
+def check_holdout_of_checkpoint(checkpoint: Optional[str], split: str, val_size: int, seed: int) -> None:
+    """Raises a ValueError when `checkpoint` is a `train_capsnet` run that held out another validation split than
+    `val_size` and `seed` select: its `--seed` draws the held-out images, so scoring a seed-1 run on seed 0's validation
+    split would count images it trained on. Test splits, safetensors files and timm train.py checkpoints (whose split
+    was made when the ImageFolder was exported) are not checked."""
+    if checkpoint is None or split == 'test' or str(checkpoint).endswith('.safetensors'):
+        return
+    try:
+        state = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError:
+        return  # objects beyond tensors and plain containers (e.g. train.py's argparse args): not a train_capsnet run
+    run_args = state.get('args') if isinstance(state, dict) else None
+    if not isinstance(run_args, dict) or 'npz' not in run_args or 'val_size' not in run_args:
+        return
+    trained = (run_args.get('seed', 0), run_args['val_size'])
+    if trained != (seed, val_size):
+        raise ValueError(
+            f'{checkpoint} was trained by train_capsnet with --seed {trained[0]} --val-size {trained[1]}, which hold out '
+            f'another {split} split than --seed {seed} --val-size {val_size}: pass --seed {trained[0]} --val-size '
+            f'{trained[1]} to score it on its own held-out images.')
+
+
 def evaluate_model(model_name: str, npz_path, split: str = 'test', checkpoint: Optional[str] = None,
                    val_size: int = 5000, seed: int = 0, limit: Optional[int] = None, batch_size: int = 256,
                    progress: bool = False, variant: Optional[str] = None, num_pairs: Optional[int] = None,
                    ) -> Dict[str, Any]:
     """Builds `model_name` (pretrained, or from `checkpoint`) and evaluates it on a split of `npz_path` (or of an
-    affNIST `.mat` file), optionally as an MNIST variant."""
+    affNIST `.mat` file), optionally as an MNIST variant.
+
+    Raises:
+        ValueError: `checkpoint` is a `train_capsnet` run whose held-out split differs from `val_size`/`seed` (for the
+            validation and train splits; see `check_holdout_of_checkpoint`).
+    """
+    if not str(npz_path).endswith('.mat'):
+        check_holdout_of_checkpoint(checkpoint, split, val_size, seed)
     model = timm.create_model(model_name, pretrained=checkpoint is None, checkpoint_path=checkpoint)
     if str(npz_path).endswith('.mat'):
         images, labels = load_affnist_mat(npz_path)
