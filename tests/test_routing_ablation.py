@@ -38,12 +38,16 @@ def test_train_args_reach_every_run(tmp_path):
     out = tmp_path / 'ablation'
     assert routing_ablation.main([
         '--npz', str(_tiny_npz(tmp_path)), '--base', '5,1,false,16', '--vary', 'normalize', '--epochs', '1',
-        '--val-size', '15', '--out', str(out), '--train-args', '--opt momentum --lr 0.05 --hflip 0']) == 0
+        '--val-size', '15', '--out', str(out), '--train-args',
+        '--opt momentum --lr 0.05 --hflip 0 --model-kwargs "pretrained_cfg_overlay={mean: [0.5], std: [0.25]}"']) == 0
     rows = json.loads((out / 'ablation.json').read_text())['rows']
     assert [r['name'] for r in rows] == ['lam5_it1_raw_c16', 'lam5_it1_norm_c16']
     for r in rows:
         recorded = yaml.safe_load((out / r['name'] / 'args.yaml').read_text())
         assert (recorded['opt'], recorded['lr'], recorded['hflip']) == ('momentum', 0.05, 0.0)
+        # the recipe's model kwargs join the ablation's own instead of replacing them
+        assert recorded['model_kwargs']['pretrained_cfg_overlay'] == {'mean': [0.5], 'std': [0.25]}
+        assert recorded['model_kwargs']['routing_lam'] == 5.0
 
 
 def test_ablation_runs_scores_on_validation_and_skips_existing_runs(tmp_path):

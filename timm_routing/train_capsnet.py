@@ -300,7 +300,8 @@ def main(argv=None) -> int:
     parser.add_argument('--dataset', default='mnist_shift', choices=('mnist_shift', 'multimnist', 'plain'),
                         help="plain: the .npz images as they are, with --pad/--hflip augmentation")
     parser.add_argument('--model', default='capsnet_resnet20')
-    parser.add_argument('--model-kwargs', nargs='*', type=_kv, default=None, metavar='KEY=VALUE')
+    parser.add_argument('--model-kwargs', nargs='*', type=_kv, default=None, metavar='KEY=VALUE', action='extend',
+                        help='timm.create_model kwargs; repeatable (later keys win), so a wrapper can add its own')
     parser.add_argument('--img-size', type=int, default=None, help='canvas size (40 for mnist_shift, 36 multimnist)')
     parser.add_argument('--train-pairs', type=int, default=None, help='MultiMNIST training pairs per epoch, drawn '
                         'afresh every epoch (default: one per training digit)')
