@@ -21,6 +21,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image
 
 import timm
@@ -85,25 +86,43 @@ def evaluate_arrays(model: torch.nn.Module, images: np.ndarray, labels: np.ndarr
     return dict(n=n, top1=100. * correct1 / n, top5=100. * correct5 / n)
 
 
+def _train_capsnet_args(checkpoint: str) -> Optional[Dict[str, Any]]:
+    """The arguments of the `train_capsnet` run that wrote `checkpoint`: its `args.yaml` when the file still lies in
+    the run's folder (any weight format, no second read of the weights), else the `args` a `.pth.tar` carries; None
+    for anything else (timm train.py runs, whose `args.yaml` names no `npz`, and bare safetensors files)."""
+    args_file = Path(checkpoint).with_name('args.yaml')
+    if args_file.is_file():
+        run_args = yaml.safe_load(args_file.read_text())
+    elif str(checkpoint).endswith('.safetensors'):
+        return None
+    else:
+        try:
+            state = torch.load(checkpoint, map_location='cpu', weights_only=True)
+        except pickle.UnpicklingError:
+            return None  # objects beyond tensors and plain containers (e.g. train.py's argparse args)
+        run_args = state.get('args') if isinstance(state, dict) else None
+    if not isinstance(run_args, dict) or 'npz' not in run_args or 'val_size' not in run_args:
+        return None
+    return run_args
+
+
 def check_holdout_of_checkpoint(checkpoint: Optional[str], split: str, val_size: int, seed: int) -> None:
     """Raises a ValueError when `checkpoint` is a `train_capsnet` run that held out another validation split than
     `val_size` and `seed` select: its `--seed` draws the held-out images, so scoring a seed-1 run on seed 0's validation
-    split would count images it trained on. Test splits, safetensors files and timm train.py checkpoints (whose split
-    was made when the ImageFolder was exported) are not checked."""
-    if checkpoint is None or split == 'test' or str(checkpoint).endswith('.safetensors'):
+    split would count images it trained on. The run is recognised by the `args.yaml` beside the file (so its
+    `model_last.safetensors` is checked too) or by the args inside a `.pth.tar`. Test splits, timm train.py
+    checkpoints (whose split was made when the ImageFolder was exported) and safetensors files moved out of their run
+    folder are not checked."""
+    if checkpoint is None or split == 'test':
         return
-    try:
-        state = torch.load(checkpoint, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError:
-        return  # objects beyond tensors and plain containers (e.g. train.py's argparse args): not a train_capsnet run
-    run_args = state.get('args') if isinstance(state, dict) else None
-    if not isinstance(run_args, dict) or 'npz' not in run_args or 'val_size' not in run_args:
+    run_args = _train_capsnet_args(checkpoint)
+    if run_args is None:
         return
     trained = (run_args.get('seed', 0), run_args['val_size'])
     if trained != (seed, val_size):
         raise ValueError(
-            f'{checkpoint} was trained by train_capsnet with --seed {trained[0]} --val-size {trained[1]}, which hold out '
-            f'another {split} split than --seed {seed} --val-size {val_size}: pass --seed {trained[0]} --val-size '
+            f'{checkpoint} was trained by train_capsnet with --seed {trained[0]} --val-size {trained[1]}, which hold '
+            f'out another {split} split than --seed {seed} --val-size {val_size}: pass --seed {trained[0]} --val-size '
             f'{trained[1]} to score it on its own held-out images.')
 
 
