@@ -16,7 +16,8 @@ POOLS = ['avg', 'max', 'avgmax', 'catavgmax', 'routing', '']
 
 
 def test_every_family_is_registered():
-    expected = set(RESNETS) | {f'{n}_routing' for n in RESNETS} | {'convnet4_max', 'convnet4_avg', 'convnet4_routing'}
+    expected = set(RESNETS) | {f'{n}_routing' for n in RESNETS} | {
+        'convnet4_max', 'convnet4_avg', 'convnet4_routing', 'convnet4_routing_raw'}
     assert expected <= set(ALL_MODELS)
 
 
@@ -51,6 +52,20 @@ def test_routing_head_adds_no_parameters_and_is_the_gp_switch():
     conv_pool = timm.create_model('convnet4_routing', in_chans=3).head.global_pool
     assert (conv_pool.capsule_dim, conv_pool.lam) == (16, 0.5)
 
+
+def test_convnet4_routing_raw_is_convnet4_routing_with_raw_children():
+    raw = timm.create_model('convnet4_routing_raw').eval()
+    assert raw.pretrained_cfg['input_size'] == (3, 32, 32)  # its only weights are the CIFAR-10 ones
+    pool = raw.head.global_pool
+    assert (pool.capsule_dim, pool.iters, pool.lam, pool.normalize) == (16, 1, 0.5, False)
+    same = timm.create_model('convnet4_routing', in_chans=3, routing_normalize=False).eval()
+    normalised = timm.create_model('convnet4_routing', in_chans=3).eval()
+    same.load_state_dict(raw.state_dict())
+    normalised.load_state_dict(raw.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(same(x), raw(x), rtol=0, atol=0)
+        assert not torch.allclose(normalised(x), raw(x))
 
 def test_routing_kwargs_reach_the_pool():
     model = timm.create_model(
