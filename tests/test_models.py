@@ -67,6 +67,7 @@ def test_convnet4_routing_raw_is_convnet4_routing_with_raw_children():
         torch.testing.assert_close(same(x), raw(x), rtol=0, atol=0)
         assert not torch.allclose(normalised(x), raw(x))
 
+
 def test_routing_kwargs_reach_the_pool():
     model = timm.create_model(
         'resnet32_routing', routing_capsule_dim=32, routing_iters=3, routing_lam=10.0, routing_normalize=True,
