@@ -145,9 +145,15 @@ def bench_model(model_name: str, img_size: int, batch: int, heads: List[str], de
     ]
 
 
-def bench_layers(shape, heads: List[str], device, reps: int, lam: float, normalize: bool = False):
+def bench_layers(shape, heads: List[str], device, reps: int, lam: float, normalize: bool = False,
+                 compile_heads: bool = False):
+    """Forward+backward of each pooling layer alone; with `compile_heads`, each layer also as `<head>+compile`
+    (`torch.compile`, default inductor backend), timed in the same interleaved run, so all ratios share one baseline:
+    eager average pooling."""
     x = torch.randn(*shape, device=device, requires_grad=True)
     pools = {h: make_pool(h, shape[1], shape[-1], device, lam, normalize) for h in heads}
+    if compile_heads:
+        pools.update({f'{h}+compile': torch.compile(pools[h]) for h in heads})
 
     def fwd_bwd(pool):
         def step():
@@ -156,7 +162,7 @@ def bench_layers(shape, heads: List[str], device, reps: int, lam: float, normali
         return step
 
     times = _time_interleaved({h: fwd_bwd(p) for h, p in pools.items()}, device, reps, warmup=2)
-    return [dict(shape=list(shape), head=h, fwd_bwd_s=times[h], vs_avg=times[h] / times['avg']) for h in heads]
+    return [dict(shape=list(shape), head=h, fwd_bwd_s=times[h], vs_avg=times[h] / times['avg']) for h in pools]
 
 
 def machine_description(device) -> str:
@@ -192,6 +198,11 @@ def target_lines(results: dict) -> List[str]:
         lines.append(f"- pooling layer alone on {tuple(layer['avg']['shape'])}, forward+backward, "
                      f'routing (1 iteration) / average: {value:.2f} '
                      f'(target <= 3: {"met" if value <= 3 else "NOT met"})')
+    if 'routing-1+compile' in layer:
+        value = layer['routing-1+compile']['vs_avg']
+        lines.append(f'- the same, both compiled with torch.compile: routing-1+compile / eager average: {value:.2f} '
+                     f'(target <= 3: {"met" if value <= 3 else "NOT met"}); / compiled average: '
+                     f"{layer['routing-1+compile']['fwd_bwd_s'] / layer['avg+compile']['fwd_bwd_s']:.2f}")
     return lines
 
 
@@ -224,6 +235,8 @@ def main(argv=None):
     parser.add_argument('--lam', type=float, default=5.0, help='routing λ (does not change the cost)')
     parser.add_argument('--normalize', action='store_true',
                         help='routing heads normalise their children (the CIFAR ResNet and 4-conv defaults)')
+    parser.add_argument('--compile', action='store_true',
+                        help='also time each pooling layer alone compiled with torch.compile (`<head>+compile`)')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: all)')
     parser.add_argument('--out', default=None, help='write the raw results as JSON here')
     args = parser.parse_args(argv)
@@ -233,14 +246,19 @@ def main(argv=None):
     heads = ['avg'] + [h for h in args.heads if h != 'avg']
     r50_batches = args.resnet50_batches if args.resnet50_batches is not None else (
         [1, 8, 32, 128, 256] if device.type == 'cuda' else [1, 8, 32])
-    command = ' '.join([sys.argv[0]] + list(sys.argv[1:] if argv is None else argv))
+    # the settings that change timings without changing the command line, e.g. glibc's allocator (see
+    # docs/benchmarks.md: MALLOC_MMAP_MAX_=0 keeps freed map-sized buffers instead of returning them to the kernel)
+    env = ' '.join(f'{k}={v}' for k, v in sorted(os.environ.items())
+                   if k.startswith(('MALLOC_', 'TIMM_ROUTING_')) or k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'))
+    command = ' '.join(([env] if env else []) + [sys.argv[0]] + list(sys.argv[1:] if argv is None else argv))
     results = dict(device=device.type, machine=machine_description(device), command=command, models=[], layers=[])
     for name, size, batches in (('resnet20', 32, args.resnet20_batches), ('resnet50', 224, r50_batches)):
         for batch in batches:
             results['models'] += bench_model(name, size, batch, heads, device, args.reps, args.lam, args.normalize)
             print(f'done {name} batch {batch}', file=sys.stderr, flush=True)
     if args.layer_shape:
-        results['layers'] = bench_layers(tuple(args.layer_shape), heads, device, args.reps, args.lam, args.normalize)
+        results['layers'] = bench_layers(
+            tuple(args.layer_shape), heads, device, args.reps, args.lam, args.normalize, args.compile)
     print(to_markdown(results))
     if args.out:
         with open(args.out, 'w') as f:

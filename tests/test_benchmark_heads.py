@@ -23,3 +23,15 @@ def test_script_writes_every_head_and_the_layer_rows(tmp_path, capsys):
         ('resnet20', 2, 'avg'), ('resnet20', 2, 'routing-1')]
     assert [r['head'] for r in result['layers']] == ['avg', 'routing-1'] and '--normalize' in result['command']
     assert '| (2, 32, 4, 4) | routing-1 |' in capsys.readouterr().out
+
+
+def test_compile_adds_a_compiled_row_per_layer(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv('MALLOC_MMAP_MAX_', '0')  # read by glibc at start-up only: here just recorded
+    out = tmp_path / 'bench.json'
+    benchmark_heads.main(['--device', 'cpu', '--heads', 'avg', 'routing-1', '--resnet20-batches', '--resnet50-batches',
+                          '--layer-shape', '2', '32', '4', '4', '--reps', '1', '--compile', '--threads', '1',
+                          '--out', str(out)])
+    result = json.loads(out.read_text())
+    assert result['models'] == [] and result['command'].startswith('MALLOC_MMAP_MAX_=0 ')
+    assert [r['head'] for r in result['layers']] == ['avg', 'routing-1', 'avg+compile', 'routing-1+compile']
+    assert 'routing-1+compile / eager average' in capsys.readouterr().out

@@ -23,11 +23,12 @@ def test_compile_has_no_graph_breaks(name, kwargs, input_size):
     assert explanation.graph_count == 1
 
 
+@pytest.mark.parametrize('backend', ['aot_eager', 'inductor'])  # inductor: the generated C++ kernels of CPU users
 @pytest.mark.parametrize('normalize', [False, True])
-def test_compiled_forward_backward_matches_eager(normalize):
+def test_compiled_forward_backward_matches_eager(normalize, backend):
     torch._dynamo.reset()
     pool = RoutingPool2d(16, iters=2, lam=5.0, normalize=normalize, activation='squash')
-    compiled = torch.compile(pool.route, backend='aot_eager', fullgraph=True)
+    compiled = torch.compile(pool.route, backend=backend, fullgraph=True)
     x = torch.randn(3, 32, 6, 6)
     outs = []
     for fn in (pool.route, compiled):
