@@ -107,7 +107,8 @@ def test_evaluate_refuses_another_holdout_than_the_run_trained_with(tiny_npz, tm
     ckpt = tmp_path / 'last.pth.tar'  # what train_capsnet writes: its args name the npz, val_size and seed
     torch.save({'state_dict': model.state_dict(), 'args': dict(npz=str(tiny_npz), dataset='plain', seed=1,
                                                                 val_size=15)}, ckpt)
-    with pytest.raises(ValueError, match=r'last\.pth\.tar was trained by train_capsnet with --seed 1 --val-size 15'):
+    with pytest.raises(ValueError, match=r'last\.pth\.tar was trained by train_capsnet holding out the split of seed 1 '
+                                         r'\(--val-size 15\)'):
         evaluate_model(name, tiny_npz, 'validation', str(ckpt), val_size=15, seed=0)
     with pytest.raises(ValueError, match='--seed 1 --val-size 15'):
         evaluate_model(name, tiny_npz, 'train', str(ckpt), val_size=20, seed=1)
@@ -127,7 +128,8 @@ def test_evaluate_reads_the_holdout_of_a_run_from_its_args_yaml(tiny_npz, tmp_pa
     weights = run / 'model_last.safetensors'  # train_capsnet's final weights: no args inside, args.yaml beside
     save_file(model.state_dict(), str(weights))
     (run / 'args.yaml').write_text(yaml.safe_dump(dict(npz=str(tiny_npz), dataset='plain', seed=2, val_size=15)))
-    with pytest.raises(ValueError, match=r'model_last\.safetensors was trained by train_capsnet with --seed 2'):
+    with pytest.raises(ValueError, match=r'model_last\.safetensors was trained by train_capsnet holding out the split '
+                                         r'of seed 2'):
         evaluate_model(name, tiny_npz, 'validation', str(weights), val_size=15, seed=0)
     assert evaluate_model(name, tiny_npz, 'validation', str(weights), val_size=15, seed=2)['n'] == 15
     (run / 'args.yaml').write_text(yaml.safe_dump(dict(data_dir='x', seed=2)))  # a timm train.py run: not checked

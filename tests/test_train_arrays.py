@@ -85,3 +85,27 @@ def test_time_budget_shortens_the_schedule_after_the_second_epoch(rgb_npz, tmp_p
     assert recorded['epochs'] == 100 and recorded['epochs_fitted'] == 2
     assert recorded['decay_milestones_fitted'] == [1, 2]
     assert len(list(csv.DictReader(open(out / 'summary.csv')))) == 2
+
+
+def test_split_seed_holds_out_one_validation_set_across_training_seeds(rgb_npz, tmp_path):
+    import argparse
+    from timm_routing.data import load_npz, stratified_holdout
+    from timm_routing.evaluate import check_holdout_of_checkpoint
+    from timm_routing.train_capsnet import _build_data
+    data = load_npz(rgb_npz)
+    base = dict(npz=str(rgb_npz), dataset='plain', img_size=None, pad=0, device='cpu', limit=None, val_size=40)
+    for seed, split_seed in ((0, 0), (1, 0), (1, 1)):
+        _, val = _build_data(argparse.Namespace(**base, seed=seed, split_seed=split_seed))
+        expected = data['x_train'][stratified_holdout(data['y_train'], 40, split_seed)]
+        assert np.array_equal(val.images.numpy(), expected)
+    out = tmp_path / 'run'
+    args = ['--npz', rgb_npz, '--dataset', 'plain', '--model', 'resnet20', '--val-size', 40, '--epochs', 1,
+            '--seed', 1, '--split-seed', 0, '--log-interval', 0, '--output', out]
+    assert main([str(a) for a in args]) == 0
+    recorded = yaml.safe_load(open(out / 'args.yaml'))
+    assert (recorded['seed'], recorded['split_seed']) == (1, 0)
+    # evaluate's guard follows the split seed, not the training seed (for both weight files of the run)
+    for weights in ('last.pth.tar', 'model_last.safetensors'):
+        check_holdout_of_checkpoint(str(out / weights), 'validation', val_size=40, seed=0)
+        with pytest.raises(ValueError, match='holding out the split of seed 0'):
+            check_holdout_of_checkpoint(str(out / weights), 'validation', val_size=40, seed=1)

@@ -108,22 +108,23 @@ def _train_capsnet_args(checkpoint: str) -> Optional[Dict[str, Any]]:
 
 def check_holdout_of_checkpoint(checkpoint: Optional[str], split: str, val_size: int, seed: int) -> None:
     """Raises a ValueError when `checkpoint` is a `train_capsnet` run that held out another validation split than
-    `val_size` and `seed` select: its `--seed` draws the held-out images, so scoring a seed-1 run on seed 0's validation
-    split would count images it trained on. The run is recognised by the `args.yaml` beside the file (so its
-    `model_last.safetensors` is checked too) or by the args inside a `.pth.tar`. Test splits, timm train.py
-    checkpoints (whose split was made when the ImageFolder was exported) and safetensors files moved out of their run
-    folder are not checked."""
+    `val_size` and `seed` select: its `--split-seed` (by default its `--seed`) draws the held-out images, so scoring a
+    seed-1 run on seed 0's validation split would count images it trained on. The run is recognised by the `args.yaml`
+    beside the file (so its `model_last.safetensors` is checked too) or by the args inside a `.pth.tar`. Test splits,
+    timm train.py checkpoints (whose split was made when the ImageFolder was exported) and safetensors files moved out
+    of their run folder are not checked."""
     if checkpoint is None or split == 'test':
         return
     run_args = _train_capsnet_args(checkpoint)
     if run_args is None:
         return
-    trained = (run_args.get('seed', 0), run_args['val_size'])
+    split_seed = run_args.get('split_seed')  # runs from before --split-seed drew the split with --seed
+    trained = (run_args.get('seed', 0) if split_seed is None else split_seed, run_args['val_size'])
     if trained != (seed, val_size):
         raise ValueError(
-            f'{checkpoint} was trained by train_capsnet with --seed {trained[0]} --val-size {trained[1]}, which hold '
-            f'out another {split} split than --seed {seed} --val-size {val_size}: pass --seed {trained[0]} --val-size '
-            f'{trained[1]} to score it on its own held-out images.')
+            f'{checkpoint} was trained by train_capsnet holding out the split of seed {trained[0]} (--val-size '
+            f'{trained[1]}), another {split} split than --seed {seed} --val-size {val_size}: pass --seed {trained[0]} '
+            f'--val-size {trained[1]} to score it on its own held-out images.')
 
 
 def evaluate_model(model_name: str, npz_path, split: str = 'test', checkpoint: Optional[str] = None,

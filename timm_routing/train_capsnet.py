@@ -20,8 +20,10 @@ the time available: after the second epoch, if the remaining epochs at that epoc
 the schedule is shortened (`--decay-milestones` scaled in proportion) and `args.yaml` records `epochs_fitted`; a run
 past 110% of the budget stops after its epoch and records `stopped_after_epochs`.
 
-The validation split (`--val-size` digits held out of the MNIST training set, stratified and seeded as everywhere in
-the package) scores every epoch; the test splits are for `python -m timm_routing.evaluate` on the final weights.
+The validation split (`--val-size` images held out of the training set, stratified and seeded as everywhere in the
+package) scores every epoch; the test splits are for `python -m timm_routing.evaluate` on the final weights. The split
+is drawn with `--split-seed`, by default `--seed`, so each seed holds out its own images unless a fixed `--split-seed`
+keeps one validation set across seeds (score it with `evaluate --seed SPLIT_SEED`).
 Everything else comes from timm: `create_model`, `create_optimizer_v2`, `create_scheduler_v2`, `update_summary`.
 Outputs in `--output`: `summary.csv` (train.py's columns), `args.yaml`, `last.pth.tar` (resumable, written every
 epoch), `model_best.safetensors` and `model_last.safetensors`.
@@ -126,7 +128,7 @@ def evaluate_accuracy(model: torch.nn.Module, dataset, batch_size: int = 256, me
 
 def _build_data(args):
     data = load_npz(args.npz)
-    val_idx = stratified_holdout(data['y_train'], args.val_size, args.seed)
+    val_idx = stratified_holdout(data['y_train'], args.val_size, args.split_seed)
     train_idx = np.setdiff1d(np.arange(len(data['y_train'])), val_idx)
     if args.limit:
         train_idx, val_idx = train_idx[:args.limit], val_idx[:args.limit]
@@ -140,11 +142,11 @@ def _build_data(args):
         return _Split(padded, y_tr, args.device), _Split(x_val, y_val, args.device)
     if args.dataset == 'mnist_shift':
         train_set = ExpandedMnist(x_tr, y_tr, args.img_size or 40, seed=args.seed)
-        val_set = ArrayDataset(*make_variant(x_val, y_val, 'mnist_shift', 'validation', args.seed, args.img_size))
+        val_set = ArrayDataset(*make_variant(x_val, y_val, 'mnist_shift', 'validation', args.split_seed, args.img_size))
     else:
         train_set = MultiMnist(x_tr, y_tr, args.train_pairs or len(y_tr), args.img_size or 36, seed=args.seed)
         val_set = ArrayDataset(*make_variant(
-            x_val, y_val, 'multimnist', 'validation', args.seed, args.img_size, args.val_pairs or len(y_val)))
+            x_val, y_val, 'multimnist', 'validation', args.split_seed, args.img_size, args.val_pairs or len(y_val)))
     return train_set, val_set
 
 
@@ -325,12 +327,17 @@ def main(argv=None) -> int:
     parser.add_argument('--recon-weight', type=float, default=0.0005)
     parser.add_argument('--val-size', type=int, default=5000)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--split-seed', type=int, default=None,
+                        help='seed of the held-out validation split (and of its MNIST variant); default: --seed. '
+                             'Evaluate with python -m timm_routing.evaluate --seed SPLIT_SEED')
     parser.add_argument('--limit', type=int, default=None, help='first N training and validation digits (tests)')
     parser.add_argument('--log-interval', type=int, default=50)
     parser.add_argument('--resume', action='store_true', help='continue from OUTPUT/last.pth.tar')
     parser.add_argument('--output', required=True)
     args = parser.parse_args(argv)
     args.model_kwargs = dict(args.model_kwargs) if args.model_kwargs else None
+    if args.split_seed is None:
+        args.split_seed = args.seed
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
     metrics = train(args)
     print(f'validation top-1 {metrics.get("top1", float("nan")):.2f}')
