@@ -179,6 +179,8 @@ def _input_normalisation(model: torch.nn.Module, in_chans: int, plain: bool, dev
 def train(args) -> dict:
     """Runs the whole schedule; returns the last epoch's metrics."""
     t_start = time.time()
+    if getattr(args, 'split_seed', None) is None:  # the hold-out follows --seed unless a split seed is given
+        args.split_seed = args.seed
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
@@ -336,8 +338,6 @@ def main(argv=None) -> int:
     parser.add_argument('--output', required=True)
     args = parser.parse_args(argv)
     args.model_kwargs = dict(args.model_kwargs) if args.model_kwargs else None
-    if args.split_seed is None:
-        args.split_seed = args.seed
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
     metrics = train(args)
     print(f'validation top-1 {metrics.get("top1", float("nan")):.2f}')
