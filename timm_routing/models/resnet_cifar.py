@@ -221,6 +221,9 @@ default_cfgs = generate_default_cfgs({
         # CIFAR-10 JPEG-q75 approximation (../shared/data), He et al.'s schedule shortened to 100 epochs
         'resnet20.gpu_cifar10jpeg': _cfg(),
         'resnet20_routing.cpu_cifar10jpeg': _cfg(),
+        # the same recipe shortened to 60 epochs (lr drops at 30 and 45), both heads on 2 CPU cores
+        'resnet32.cpu_cifar10jpeg': _cfg(),
+        'resnet32_routing.cpu_cifar10jpeg': _cfg(),
         # the Table 4 baseline of the CapsNet experiments: expanded MNIST, 40x40 grey, raw pixels
         'resnet20.cpu_mnist_shift': mnist_variant_cfg(
             40, pool_size=(10, 10), first_conv='stem.conv', classifier='head.fc', paper_ids='arXiv:1512.03385',
