@@ -1,6 +1,7 @@
 """The in-memory training entry on plain image arrays (`--dataset plain`): He et al.'s pad-crop-flip augmentation on
-the device, RGB data, the model's normalisation, and the time-budget fitting of the schedule."""
+the device, RGB data, the model's normalisation, the time-budget fitting of the schedule, and `-c` recipes."""
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import yaml
 import timm
 
 import timm_routing  # noqa: F401
-from timm_routing.train_capsnet import main, pad_crop_flip, to_model_input
+from timm_routing.train_capsnet import main, pad_crop_flip, parse_args, to_model_input
 
 
 def test_pad_crop_flip_without_padding_or_flip_is_the_batch():
@@ -109,3 +110,80 @@ def test_split_seed_holds_out_one_validation_set_across_training_seeds(rgb_npz, 
         check_holdout_of_checkpoint(str(out / weights), 'validation', val_size=40, seed=0)
         with pytest.raises(ValueError, match='holding out the split of seed 0'):
             check_holdout_of_checkpoint(str(out / weights), 'validation', val_size=40, seed=1)
+
+
+RECIPES = Path(__file__).resolve().parent.parent / 'scripts' / 'recipes'
+RESULTS = Path(__file__).resolve().parent.parent / 'results'
+# train_capsnet recipes: the shipped tags whose recorded run is this entry's (its args.yaml has `npz`)
+CAPSNET_RECIPES = sorted(p.stem for p in RECIPES.glob('*.yaml') if (RESULTS / p.stem / 'args.yaml').exists()
+                         and 'npz' in yaml.safe_load(open(RESULTS / p.stem / 'args.yaml')))
+
+
+def test_train_capsnet_recipes_exist():
+    assert len(CAPSNET_RECIPES) >= 11, CAPSNET_RECIPES
+
+
+@pytest.mark.parametrize('tag', CAPSNET_RECIPES)
+def test_recipe_gives_the_options_of_the_recorded_run(tag):
+    """`-c scripts/recipes/<tag>.yaml` with the run's paths and device reproduces every option its args.yaml records."""
+    recorded = yaml.safe_load(open(RESULTS / tag / 'args.yaml'))
+    device = recorded.get('device', 'cpu')  # the first runs' args.yaml predate --device (they ran on the CPU)
+    args = parse_args(['-c', str(RECIPES / f'{tag}.yaml'), '--npz', recorded['npz'], '--output', recorded['output'],
+                       '--device', device, '--log-interval', str(recorded['log_interval'])])
+    parsed = vars(args)
+    parsed['split_seed'] = args.seed if args.split_seed is None else args.split_seed  # as train() resolves it
+    records = ('epochs_fitted', 'decay_milestones_fitted', 'stopped_after_epochs', 'resume', 'limit')
+    compared = {k: v for k, v in recorded.items() if k not in records}
+    assert {k: parsed[k] for k in compared} == compared
+
+
+def test_config_gives_defaults_that_the_command_line_overrides(tmp_path):
+    config = tmp_path / 'recipe.yaml'
+    config.write_text('model: resnet20_routing\nepochs: 3\nlr: 0.05\ndecay_milestones: [1, 2]\n'
+                      'model_kwargs: {routing_lam: 5, routing_iters: 2}\nnpz: data.npz\n')
+    args = parse_args(['-c', str(config), '--lr', '0.2', '--model-kwargs', 'routing_iters=3', '--output', 'run'])
+    assert (args.model, args.epochs, args.lr, args.decay_milestones) == ('resnet20_routing', 3, 0.2, [1, 2])
+    assert args.model_kwargs == {'routing_lam': 5, 'routing_iters': 3}  # the command line's key wins
+    assert (args.npz, args.output, args.config) == ('data.npz', 'run', str(config))
+    assert parse_args(['--npz', 'x.npz', '--output', 'run']).lr == 1e-3  # no config: the parser's own defaults
+
+
+@pytest.mark.parametrize('text, error, match', [
+    ('epochz: 3\n', ValueError, r"unknown options \['epochz'\]"),
+    ('model: convnet4_routing\ndevice_modules: [timm_routing]\n', ValueError, r"unknown options \['device_modules'\]"),
+    ('epochs: 16\nepochs_fitted: 16\n', ValueError, r"\['epochs_fitted'\] record a finished run"),
+    ('epochs: ten\n', TypeError, "epochs: 'ten' is not an integer"),
+    ('epochs: 2.5\n', TypeError, 'epochs: 2.5 is not an integer'),
+    ('lr: [0.1]\n', TypeError, r'lr: \[0.1\] is not a number'),
+    ('decay_milestones: 30\n', TypeError, 'decay_milestones: 30 is not a list'),
+    ('dataset: cifar10\n', ValueError, "dataset: 'cifar10' is not one of"),
+    ('resume: 1\n', TypeError, 'resume: 1 is not true or false'),
+    ('model_kwargs: routing_lam=5\n', TypeError, 'is not a mapping'),
+    ('- epochs: 3\n', TypeError, 'expected a mapping of options, got a list'),
+    ('epochs: [3\n', ValueError, 'cannot be read as YAML'),
+])
+def test_bad_config_names_the_file_and_the_key(tmp_path, text, error, match):
+    config = tmp_path / 'bad.yaml'
+    config.write_text(text)
+    with pytest.raises(error, match=match) as info:
+        parse_args(['-c', str(config), '--npz', 'x.npz', '--output', 'run'])
+    assert str(config) in str(info.value)
+
+
+def test_missing_config_file_and_missing_required_options(tmp_path, capsys):
+    with pytest.raises(ValueError, match='nowhere.yaml: cannot be read'):
+        parse_args(['-c', str(tmp_path / 'nowhere.yaml'), '--npz', 'x.npz', '--output', 'run'])
+    with pytest.raises(SystemExit):
+        parse_args(['--output', 'run'])
+    assert '--npz required (on the command line or in --config)' in capsys.readouterr().err
+
+
+def test_training_from_a_config_records_it(rgb_npz, tmp_path):
+    config = tmp_path / 'recipe.yaml'
+    config.write_text(f'npz: {rgb_npz}\ndataset: plain\nmodel: resnet20\nval_size: 40\nbatch_size: 64\nepochs: 1\n'
+                      'log_interval: 0\n')
+    out = tmp_path / 'run'
+    assert main(['-c', str(config), '--output', str(out)]) == 0
+    recorded = yaml.safe_load(open(out / 'args.yaml'))
+    assert (recorded['config'], recorded['model'], recorded['val_size']) == (str(config), 'resnet20', 40)
+    assert len(list(csv.DictReader(open(out / 'summary.csv')))) == 1

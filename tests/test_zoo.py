@@ -19,13 +19,14 @@ FMNIST = [t for t in SHIPPED if t.endswith('_fmnist')]
 DATA_DIR = Path(os.environ.get('TIMM_ROUTING_DATA', ROOT.parent / 'shared' / 'data'))
 
 
-def test_every_shipped_file_is_a_registered_tag_with_a_card():
+def test_every_shipped_file_is_a_registered_tag_with_a_card_and_a_recipe():
     assert SHIPPED, 'no shipped weights'
     pretrained = set(timm.list_pretrained())
     for tag in SHIPPED:
         assert tag in pretrained
         assert (ROOT / 'model_cards' / f'{tag}.md').is_file(), f'{tag} has no model card'
         assert (ROOT / 'results' / tag / 'summary.csv').is_file(), f'{tag} has no training evidence'
+        assert (ROOT / 'scripts' / 'recipes' / f'{tag}.yaml').is_file(), f'{tag} has no recipe'
 
 
 @pytest.mark.parametrize('tag', SHIPPED)

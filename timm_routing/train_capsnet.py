@@ -12,13 +12,15 @@ labels, a fresh random placement of every training digit each epoch (Sabour's ex
 (`resnet20`, the baseline of Table 4) are trained with cross-entropy on the same data, optimiser and schedule.
 
 `--dataset plain` trains on the `.npz` images as they are (any size and channel count) with He et al.'s augmentation,
-done on the training device: `--pad` pixels of zero padding, a random crop back to the image size and a horizontal
-flip with probability `--hflip`. The whole dataset sits on the device, so a small network on a GPU is not held back
-by a per-image loader as it is under train.py; the recipes in `scripts/recipes/` are the train.py form of the same
-schedules. Inputs are normalised with the model's pretrained_cfg mean and std. `--time-budget` fits the schedule to
-the time available: after the second epoch, if the remaining epochs at that epoch's speed would overrun the budget,
-the schedule is shortened (`--decay-milestones` scaled in proportion) and `args.yaml` records `epochs_fitted`; a run
-past 110% of the budget stops after its epoch and records `stopped_after_epochs`.
+done on the training device: `--pad` pixels of zero padding, a random crop back to the image size and a horizontal flip
+with probability `--hflip`. The whole dataset sits on the device, so a small network on a GPU is not held back by a
+per-image loader as it is under train.py. `-c FILE` reads option defaults from a YAML keyed as `args.yaml` is, as
+train.py's `-c` does (the command line overrides it; an unknown key or a value of the wrong type raises): the
+`scripts/recipes/<tag>.yaml` of each tag trained here holds its run's options. Inputs are normalised with the model's
+pretrained_cfg mean and std. `--time-budget` fits the schedule to the time available: after the second epoch, if the
+remaining epochs at that epoch's speed would overrun the budget, the schedule is shortened (`--decay-milestones` scaled
+in proportion) and `args.yaml` records `epochs_fitted`; a run past 110% of the budget stops after its epoch and records
+`stopped_after_epochs`.
 
 The validation split (`--val-size` images held out of the training set, stratified and seeded as everywhere in the
 package) scores every epoch; the test splits are for `python -m timm_routing.evaluate` on the final weights. The split
@@ -47,7 +49,7 @@ from timm.utils import update_summary
 from .data import ArrayDataset, ExpandedMnist, MultiMnist, load_npz, make_variant, stratified_holdout
 from .loss import CapsuleLoss
 
-__all__ = ['main', 'train', 'evaluate_accuracy', 'pad_crop_flip']
+__all__ = ['main', 'parse_args', 'load_config', 'train', 'evaluate_accuracy', 'pad_crop_flip']
 
 _logger = logging.getLogger('timm_routing.train_capsnet')
 
@@ -296,11 +298,75 @@ def _kv(text: str):
     return key, yaml.safe_load(value)
 
 
-def main(argv=None) -> int:
-    import timm_routing  # noqa: F401  registers the models
+# what `args.yaml` records about a finished run besides its options: not options themselves
+_RUN_RECORDS = ('config', 'epochs_fitted', 'decay_milestones_fitted', 'stopped_after_epochs')
+
+
+def _check_config_value(path, action: argparse.Action, value) -> None:
+    """Raises TypeError/ValueError, naming the file, key and value, where `value` is not what the option takes."""
+    where = f'--config {path}: {action.dest}: {value!r}'
+    if value is None:
+        return
+    if action.nargs == 0:  # store_true
+        if not isinstance(value, bool):
+            raise TypeError(f'{where} is not true or false')
+        return
+    if action.dest == 'model_kwargs':
+        if not isinstance(value, dict):
+            raise TypeError(f'{where} is not a mapping of timm.create_model kwargs')
+        return
+    items = value if action.nargs in ('*', '+') else [value]
+    if action.nargs in ('*', '+') and not isinstance(value, list):
+        raise TypeError(f'{where} is not a list')
+    expected = action.type or str
+    for item in items:
+        number = isinstance(item, (int, float)) and not isinstance(item, bool)
+        if expected is float and not number:
+            raise TypeError(f'{where} is not a number')
+        if expected is int and not (number and isinstance(item, int)):
+            raise TypeError(f'{where} is not an integer')
+        if expected is str and not isinstance(item, str):
+            raise TypeError(f'{where} is not a string')
+        if action.choices is not None and item not in action.choices:
+            raise ValueError(f'{where} is not one of {list(action.choices)}')
+
+
+def load_config(path, parser: argparse.ArgumentParser) -> dict:
+    """Option defaults from a YAML file keyed as `args.yaml` is (`batch_size: 128`), as train.py's `-c` reads its own.
+
+    Every key must be an option of `parser` with a value of the option's type: a misspelt or foreign key (a train.py
+    recipe's `device_modules`, a finished run's `epochs_fitted`) raises ValueError naming it rather than being dropped.
+    """
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f'--config {path}: cannot be read as YAML ({e})') from e
+    config = {} if config is None else config
+    if not isinstance(config, dict):
+        raise TypeError(f'--config {path}: expected a mapping of options, got a {type(config).__name__}')
+    actions = {a.dest: a for a in parser._actions if a.dest not in ('help', 'config')}
+    records = sorted(k for k in config if k in _RUN_RECORDS)
+    if records:
+        raise ValueError(f'--config {path}: {records} record a finished run, they are not options: delete them')
+    unknown = sorted(str(k) for k in config if k not in actions)
+    if unknown:
+        raise ValueError(f'--config {path}: unknown options {unknown} (options: {sorted(actions)})')
+    for key, value in config.items():
+        _check_config_value(path, actions[key], value)
+    if config.get('model_kwargs'):  # the command line's --model-kwargs extends the list of (key, value) pairs
+        config['model_kwargs'] = list(config['model_kwargs'].items())
+    return config
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line over the defaults of `--config`, then the checks of options required from either."""
     parser = argparse.ArgumentParser(prog='python -m timm_routing.train_capsnet', description=__doc__.split('\n\n')[0])
-    parser.add_argument('--npz', required=True,
-                        help='.npz with x_train, y_train, x_test, y_test (MNIST for the CapsNet datasets)')
+    parser.add_argument('-c', '--config', default=None, metavar='FILE',
+                        help="YAML of option defaults keyed as args.yaml is (e.g. scripts/recipes/<tag>.yaml); the "
+                             'command line overrides it')
+    parser.add_argument('--npz', default=None,
+                        help='.npz with x_train, y_train, x_test, y_test (MNIST for the CapsNet datasets); required')
     parser.add_argument('--dataset', default='mnist_shift', choices=('mnist_shift', 'multimnist', 'plain'),
                         help="plain: the .npz images as they are, with --pad/--hflip augmentation")
     parser.add_argument('--model', default='capsnet_resnet20')
@@ -335,9 +401,21 @@ def main(argv=None) -> int:
     parser.add_argument('--limit', type=int, default=None, help='first N training and validation digits (tests)')
     parser.add_argument('--log-interval', type=int, default=50)
     parser.add_argument('--resume', action='store_true', help='continue from OUTPUT/last.pth.tar')
-    parser.add_argument('--output', required=True)
+    parser.add_argument('--output', default=None, help='run folder; required')
     args = parser.parse_args(argv)
+    if args.config:
+        parser.set_defaults(**load_config(args.config, parser))
+        args = parser.parse_args(argv)
+    missing = [f'--{name}' for name in ('npz', 'output') if getattr(args, name) is None]
+    if missing:
+        parser.error(f'{" and ".join(missing)} required (on the command line or in --config)')
     args.model_kwargs = dict(args.model_kwargs) if args.model_kwargs else None
+    return args
+
+
+def main(argv=None) -> int:
+    import timm_routing  # noqa: F401  registers the models
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
     metrics = train(args)
     print(f'validation top-1 {metrics.get("top1", float("nan")):.2f}')
