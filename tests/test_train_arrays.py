@@ -150,7 +150,8 @@ def test_config_gives_defaults_that_the_command_line_overrides(tmp_path):
 
 @pytest.mark.parametrize('text, error, match', [
     ('epochz: 3\n', ValueError, r"unknown options \['epochz'\]"),
-    ('model: convnet4_routing\ndevice_modules: [timm_routing]\n', ValueError, r"unknown options \['device_modules'\]"),
+    ('model: convnet4_routing\ndevice_modules: [timm_routing]\n', ValueError,
+     r"unknown options \['device_modules'\] .*, a recipe for timm's train.py \(python train.py -c FILE\)\?"),
     ('epochs: 16\nepochs_fitted: 16\n', ValueError, r"\['epochs_fitted'\] record a finished run"),
     ('epochs: ten\n', TypeError, "epochs: 'ten' is not an integer"),
     ('epochs: 2.5\n', TypeError, 'epochs: 2.5 is not an integer'),

@@ -351,7 +351,8 @@ def load_config(path, parser: argparse.ArgumentParser) -> dict:
         raise ValueError(f'--config {path}: {records} record a finished run, they are not options: delete them')
     unknown = sorted(str(k) for k in config if k not in actions)
     if unknown:
-        raise ValueError(f'--config {path}: unknown options {unknown} (options: {sorted(actions)})')
+        hint = ", a recipe for timm's train.py (python train.py -c FILE)?" if 'device_modules' in unknown else ''
+        raise ValueError(f'--config {path}: unknown options {unknown} (options: {sorted(actions)}{hint})')
     for key, value in config.items():
         _check_config_value(path, actions[key], value)
     if config.get('model_kwargs'):  # the command line's --model-kwargs extends the list of (key, value) pairs
