@@ -98,6 +98,25 @@ def test_evaluate_command_on_a_checkpoint(tiny_npz, tmp_path):
     assert len(x_val) == 15
 
 
+def test_evaluate_passes_model_kwargs_to_create_model(tiny_npz, tmp_path):
+    """`--model-kwargs` (timm's ParseKwargs, as validate.py) rebuilds the head around the same shipped weights."""
+    import timm
+    from timm_routing.evaluate import evaluate_arrays, load_split, main
+    name = 'convnet4_routing.cpu_fmnist'
+    out = tmp_path / 'result.json'
+    assert main(['--model', name, '--npz', str(tiny_npz), '--model-kwargs', 'routing_lam=0.', 'routing_iters=2',
+                 '--out', str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result['model_kwargs'] == {'routing_lam': 0.0, 'routing_iters': 2}
+    model = timm.create_model(name, pretrained=True, routing_lam=0., routing_iters=2)
+    assert (model.head.global_pool.lam, model.head.global_pool.iters) == (0., 2)
+    assert result['top1'] == evaluate_arrays(model, *load_split(tiny_npz, 'test'))['top1']
+    with pytest.raises(ValueError, match='Routing lambda must be finite and >= 0, got -1'):  # it reaches the layer
+        main(['--model', name, '--npz', str(tiny_npz), '--model-kwargs', 'routing_lam=-1'])
+    assert main(['--model', name, '--npz', str(tiny_npz), '--out', str(out)]) == 0
+    assert json.loads(out.read_text())['model_kwargs'] is None
+
+
 def test_evaluate_refuses_another_holdout_than_the_run_trained_with(tiny_npz, tmp_path):
     import timm
     import torch

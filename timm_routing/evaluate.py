@@ -26,6 +26,7 @@ from PIL import Image
 
 import timm
 from timm.data import create_transform, resolve_data_config
+from timm.utils import ParseKwargs
 
 from .data import (
     MNIST_VARIANTS, load_affnist_mat, load_npz, make_variant, sha256_file, stratified_holdout, to_pil_array,
@@ -130,9 +131,10 @@ def check_holdout_of_checkpoint(checkpoint: Optional[str], split: str, val_size:
 def evaluate_model(model_name: str, npz_path, split: str = 'test', checkpoint: Optional[str] = None,
                    val_size: int = 5000, seed: int = 0, limit: Optional[int] = None, batch_size: int = 256,
                    progress: bool = False, variant: Optional[str] = None, num_pairs: Optional[int] = None,
-                   ) -> Dict[str, Any]:
+                   model_kwargs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Builds `model_name` (pretrained, or from `checkpoint`) and evaluates it on a split of `npz_path` (or of an
-    affNIST `.mat` file), optionally as an MNIST variant.
+    affNIST `.mat` file), optionally as an MNIST variant. `model_kwargs` go to `timm.create_model`, e.g. another λ or
+    iteration count for a routing head, whose weights are the same (it has none).
 
     Raises:
         ValueError: `checkpoint` is a `train_capsnet` run whose held-out split differs from `val_size`/`seed` (for the
@@ -140,7 +142,8 @@ def evaluate_model(model_name: str, npz_path, split: str = 'test', checkpoint: O
     """
     if not str(npz_path).endswith('.mat'):
         check_holdout_of_checkpoint(checkpoint, split, val_size, seed)
-    model = timm.create_model(model_name, pretrained=checkpoint is None, checkpoint_path=checkpoint)
+    model = timm.create_model(model_name, pretrained=checkpoint is None, checkpoint_path=checkpoint,
+                              **(model_kwargs or {}))
     if str(npz_path).endswith('.mat'):
         images, labels = load_affnist_mat(npz_path)
         images, labels = (images[:limit], labels[:limit]) if limit is not None else (images, labels)
@@ -152,7 +155,8 @@ def evaluate_model(model_name: str, npz_path, split: str = 'test', checkpoint: O
     result = evaluate_arrays(model, images, labels, batch_size, progress)
     weights = checkpoint or model.pretrained_cfg.get('file')
     result.update(
-        model=model_name, split=split, variant=variant, limit=limit, dataset=Path(npz_path).name,
+        model=model_name, model_kwargs=model_kwargs or None, split=split, variant=variant, limit=limit,
+        dataset=Path(npz_path).name,
         dataset_sha256=sha256_file(npz_path),
         weights=Path(weights).name if weights else None, weights_sha256=sha256_file(weights) if weights else None,
         torch=torch.__version__, timm=timm.__version__,
@@ -171,6 +175,8 @@ def main(argv=None) -> int:
     parser.add_argument('--pairs', type=int, default=None, help='MultiMNIST pairs (default: one per digit)')
     parser.add_argument('--split', default='test', choices=('train', 'validation', 'test'))
     parser.add_argument('--checkpoint', default=None, help='weights to evaluate instead of the pretrained ones')
+    parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
+                        help="timm.create_model kwargs, as validate.py's (e.g. routing_lam=0 routing_iters=2)")
     parser.add_argument('--val-size', type=int, default=5000)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--limit', type=int, default=None, help='evaluate the first N images of the split only')
@@ -179,7 +185,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     result = evaluate_model(args.model, args.npz, args.split, args.checkpoint, args.val_size, args.seed, args.limit,
                             args.batch_size, progress=sys.stderr.isatty(), variant=args.variant,
-                            num_pairs=args.pairs)
+                            num_pairs=args.pairs, model_kwargs=args.model_kwargs)
     result['command'] = 'python -m timm_routing.evaluate ' + ' '.join(argv if argv is not None else sys.argv[1:])
     text = json.dumps(result, indent=1)
     print(text)
