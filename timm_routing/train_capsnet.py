@@ -346,9 +346,10 @@ def load_config(path, parser: argparse.ArgumentParser) -> dict:
     if not isinstance(config, dict):
         raise TypeError(f'--config {path}: expected a mapping of options, got a {type(config).__name__}')
     actions = {a.dest: a for a in parser._actions if a.dest not in ('help', 'config')}
-    records = sorted(k for k in config if k in _RUN_RECORDS)
+    records = sorted(k for k in config if k in _RUN_RECORDS and config[k] is not None)
     if records:
         raise ValueError(f'--config {path}: {records} record a finished run, they are not options: delete them')
+    config = {k: v for k, v in config.items() if k not in _RUN_RECORDS}  # left: records of nothing (`config: null`)
     unknown = sorted(str(k) for k in config if k not in actions)
     if unknown:
         hint = ", a recipe for timm's train.py (python train.py -c FILE)?" if 'device_modules' in unknown else ''
