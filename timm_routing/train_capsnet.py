@@ -315,9 +315,12 @@ def _check_config_value(path, action: argparse.Action, value) -> None:
         if not isinstance(value, dict):
             raise TypeError(f'{where} is not a mapping of timm.create_model kwargs')
         return
-    items = value if action.nargs in ('*', '+') else [value]
-    if action.nargs in ('*', '+') and not isinstance(value, list):
-        raise TypeError(f'{where} is not a list')
+    if action.nargs in ('*', '+'):
+        if not isinstance(value, list):
+            raise TypeError(f'{where} is not a list')
+        items = value
+    else:
+        items = [value]
     expected = action.type or str
     for item in items:
         number = isinstance(item, (int, float)) and not isinstance(item, bool)
