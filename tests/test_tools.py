@@ -50,6 +50,58 @@ def test_export_command(tiny_npz, tmp_path):
     assert proc.stdout.strip().endswith('train 54, validation 6, test 12')
 
 
+def test_padded_export_gives_he_et_al_crops_through_train_py_transform(tmp_path):
+    """`--train-pad 4` + train.py's crop arguments = zero padding of 4, a random 32x32 crop and a flip, exactly."""
+    import random
+    import torch
+    from timm.data import create_transform
+    from timm_routing.data import padded_crop_args
+    rng = np.random.default_rng(0)
+    npz = tmp_path / 'rgb.npz'
+    x_train = rng.integers(1, 256, (8, 32, 32, 3), dtype=np.uint8)  # no zero pixel: the border is the padding
+    np.savez(npz, x_train=x_train, y_train=np.arange(8) % 2, x_test=x_train[:2], y_test=np.arange(2))
+    proc = subprocess.run([sys.executable, '-m', 'timm_routing.data', '--npz', str(npz), '--out', str(tmp_path / 'f'),
+                           '--val-size', '2', '--train-pad', '4'], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert 'give train.py: --scale 0.64 0.64 --ratio 1.0 1.0 --color-jitter 0' in proc.stdout
+    manifest = json.loads((tmp_path / 'f' / 'split.json').read_text())
+    assert manifest['train_pad'] == 4 and manifest['image_size'] == [32, 32]
+    train_file = sorted((tmp_path / 'f' / 'train').rglob('*.png'))[0]
+    padded = np.asarray(Image.open(train_file).convert('RGB'))
+    original = x_train[int(train_file.stem)]
+    assert padded.shape == (40, 40, 3)
+    np.testing.assert_array_equal(padded[4:36, 4:36], original)
+    assert padded.sum() == original.astype(np.int64).sum()  # everything else is zero
+    for split in ('validation', 'test'):  # never padded
+        assert all(Image.open(f).size == (32, 32) for f in (tmp_path / 'f' / split).rglob('*.png'))
+
+    # train.py's training transform (its default random interpolation), without normalisation
+    transform = create_transform(
+        32, is_training=True, **padded_crop_args(32, 32, 4), hflip=0.5, color_jitter=0., interpolation='random',
+        mean=(0., 0., 0.), std=(1., 1., 1.))
+    candidates = {}
+    for dy in range(9):
+        for dx in range(9):
+            crop = padded[dy:dy + 32, dx:dx + 32]
+            for flip in (False, True):
+                candidates[(crop[:, ::-1] if flip else crop).tobytes()] = (dy, dx, flip)
+    random.seed(0)
+    torch.manual_seed(0)
+    seen = []
+    image = Image.open(train_file).convert('RGB')
+    for _ in range(800):
+        out = (transform(image) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        key = np.ascontiguousarray(out).tobytes()
+        assert key in candidates, 'a crop that is not an unscaled 32x32 window of the padded image'
+        seen.append(candidates[key])
+    assert {(dy, dx) for dy, dx, _ in seen} == {(dy, dx) for dy in range(9) for dx in range(9)}
+    assert 0.4 < np.mean([flip for _, _, flip in seen]) < 0.6
+    with pytest.raises(ValueError, match='train_pad must be >= 0, got -1'):
+        export_image_folder(npz, tmp_path / 'g', val_size=2, train_pad=-1)
+    with pytest.raises(TypeError, match=r"train_pad must be an int, got 4.0 \(float\)"):
+        export_image_folder(npz, tmp_path / 'g', val_size=2, train_pad=4.0)
+
+
 def test_bad_dataset_files(tmp_path):
     with pytest.raises(FileNotFoundError, match='nope.npz does not exist'):
         load_npz(tmp_path / 'nope.npz')

@@ -11,18 +11,26 @@ labels) and `class_names`. `export_image_folder` writes them as an ImageFolder t
 Class folders carry their label index (`00_airplane`, ...) so that timm's sorted ImageFolder classes keep the
 dataset's label order. Use `--train-split train --val-split validation` while choosing hyper-parameters and
 `--val-split test` (or timm's validate.py on `test/`) for the final numbers.
+
+He et al.'s CIFAR augmentation (zero padding of 4 pixels, a random crop back to 32x32, a horizontal flip) is not among
+train.py's crop modes. `train_pad` writes the training images zero-padded once instead; timm's random-resized crop
+with the area and aspect ratio of the unpadded image (`padded_crop_args`: `--scale 0.64 0.64 --ratio 1 1` for CIFAR
+with 4 pixels) then cuts an unscaled crop at a uniformly random offset, which is that augmentation exactly (black
+padding before normalisation, as torchvision's `RandomCrop(32, padding=4)` and `train_capsnet --pad 4`). Validation and
+test images are never padded.
 """
 import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
 
 __all__ = [
-    'load_npz', 'stratified_holdout', 'class_folder_names', 'export_image_folder', 'sha256_file', 'to_pil_array',
+    'load_npz', 'stratified_holdout', 'class_folder_names', 'export_image_folder', 'padded_crop_args', 'sha256_file',
+    'to_pil_array',
 ]
 
 _REQUIRED = ('x_train', 'y_train', 'x_test', 'y_test')
@@ -97,6 +105,17 @@ def to_pil_array(image: np.ndarray) -> np.ndarray:
     return image[..., 0] if image.shape[-1] == 1 else image
 
 
+def padded_crop_args(height: int, width: int, pad: int) -> Dict[str, Tuple[float, float]]:
+    """train.py's `--scale` and `--ratio` that cut an unscaled `height` x `width` crop out of an image padded by `pad`.
+
+    timm's `RandomResizedCropAndInterpolation` draws a crop of `scale` times the image's area with aspect ratio
+    (width / height) `ratio`; with both ranges pinned to the unpadded image's, the crop has the unpadded size (so the
+    resize back to the input size changes nothing) and its offset is uniform over the `2 * pad + 1` positions per axis.
+    """
+    scale = height * width / ((height + 2 * pad) * (width + 2 * pad))
+    return dict(scale=(scale, scale), ratio=(width / height, width / height))
+
+
 def sha256_file(path) -> str:
     """Hex SHA-256 of a file (datasets and weights are identified by it in the evidence files)."""
     h = hashlib.sha256()
@@ -113,6 +132,7 @@ def export_image_folder(
         seed: int = 0,
         limit: Optional[int] = None,
         variant: Optional[str] = None,
+        train_pad: int = 0,
 ) -> Dict[str, int]:
     """Writes `train/`, `validation/` and `test/` ImageFolders from a dataset `.npz` (see the module docstring).
 
@@ -126,10 +146,19 @@ def export_image_folder(
         val_size: Images held out of the training split for validation (5,000 in the paper).
         seed: Seed of the stratified validation draw.
         limit: Keep only the first `limit` training and test images (quick experiments and tests).
+        train_pad: Zero pixels added on each side of every training image (after `variant`), for train.py's crop
+            arguments of `padded_crop_args`; 0 writes the images as they are.
 
     Returns:
         The number of images written per split.
+
+    Raises:
+        TypeError / ValueError: `train_pad` not a non-negative int.
     """
+    if isinstance(train_pad, bool) or not isinstance(train_pad, int):
+        raise TypeError(f'train_pad must be an int, got {train_pad!r} ({type(train_pad).__name__}).')
+    if train_pad < 0:
+        raise ValueError(f'train_pad must be >= 0, got {train_pad}.')
     npz_path, out_dir = Path(npz_path), Path(out_dir)
     data = load_npz(npz_path)
     if (out_dir / 'split.json').exists():
@@ -153,13 +182,18 @@ def export_image_folder(
         if variant == 'mnist_shift':  # the evaluation sets of the CapsNet experiments, from the test digits
             for extra in ('mnist_centred', 'affnist_like'):
                 splits[f'test_{extra}'] = (*make_variant(x_test, y_test, extra, 'test', seed), np.arange(len(y_test)))
+    image_size = list(splits['test'][0].shape[1:3])  # (H, W) before padding
+    if train_pad:
+        x, y, idx = splits['train']
+        splits['train'] = (np.pad(x, ((0, 0), (train_pad, train_pad), (train_pad, train_pad), (0, 0))), y, idx)
     counts = {}
     for name, (x, y, idx) in splits.items():
         _write_split(out_dir / name, x, y, idx, folders, positions=np.arange(len(y)))
         counts[name] = len(y)
     manifest = dict(
         source=npz_path.name, source_sha256=sha256_file(npz_path), seed=seed, val_size=val_size, limit=limit,
-        variant=variant, class_folders=folders, counts=counts, validation_indices=val_idx.tolist(),
+        variant=variant, image_size=image_size, train_pad=train_pad, class_folders=folders, counts=counts,
+        validation_indices=val_idx.tolist(),
     )
     (out_dir / 'split.json').write_text(json.dumps(manifest, indent=1))
     return counts
