@@ -142,6 +142,7 @@ def test_evaluate_command_on_a_checkpoint(tiny_npz, tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert result['n'] == 12 and result['split'] == 'test' and result['weights'] == 'ckpt.pth'
+    assert result['class_counts'] == np.bincount(y).tolist() == [4, 4, 4]
     assert result['top1'] == pytest.approx(expected_top1) and result['top5'] == pytest.approx(expected_top5)
     assert result['command'].startswith('python -m timm_routing.evaluate --model convnet4_routing.cpu_fmnist')
     with pytest.raises(ValueError, match="Unknown split 'val'"):

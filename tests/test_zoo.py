@@ -112,6 +112,23 @@ def test_card_is_what_the_evidence_renders(tag):
         assert section in card
 
 
+def test_card_says_when_a_test_slice_holds_one_class():
+    """The first 1000 test images of the class-sorted CIFAR-10 file are all airplanes: the card's row says so."""
+    tag = next(t for t in SHIPPED if t.endswith('_cifar10jpeg'))
+    evidence = load_evidence(ROOT / 'results' / tag)
+    assert evidence['evals']['test_first1000']['class_counts'] == [1000]
+
+    def set_cell(split_label):
+        row = next(line for line in render_model_card(tag, evidence).splitlines()
+                   if line.startswith(f'| {split_label} |'))
+        return row.split('|')[2]
+
+    assert set_cell('test (first 1000)').endswith('label 0 only (the file is sorted by class) ')
+    assert 'only' not in set_cell('test')
+    evidence['evals']['test_first1000']['class_counts'] = [500, 500]
+    assert 'only' not in set_cell('test (first 1000)')
+
+
 def _populate_hf_cache(cache_dir: Path, repo_id: str, folder: Path):
     repo = cache_dir / f"models--{repo_id.replace('/', '--')}"
     commit = '0' * 40

@@ -153,6 +153,8 @@ def evaluate_model(model_name: str, npz_path, split: str = 'test', checkpoint: O
         size = model.pretrained_cfg['input_size'][-1]
         images, labels = make_variant(images, labels, variant, split, seed, size, num_pairs)
     result = evaluate_arrays(model, images, labels, batch_size, progress)
+    if np.ndim(labels) == 1:  # images per class: a slice of a class-sorted file may hold one class only
+        result['class_counts'] = np.bincount(np.asarray(labels, dtype=np.int64)).tolist()
     weights = checkpoint or model.pretrained_cfg.get('file')
     result.update(
         model=model_name, model_kwargs=model_kwargs or None, split=split, variant=variant, limit=limit,

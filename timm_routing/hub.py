@@ -168,6 +168,9 @@ def render_model_card(model_tag: str, evidence: Dict[str, Any], recipe: Optional
     for name, r in evals.items():
         split = r['split'] + (f" (first {r['limit']})" if r.get('limit') else '')
         set_name = dataset_title if r.get('variant') is None else _SET_NAMES.get(r['variant'], r['variant'])
+        present = [label for label, count in enumerate(r.get('class_counts') or []) if count]
+        if r.get('limit') and len(present) == 1:  # the first N of a file sorted by class
+            set_name += f', label {present[0]} only (the file is sorted by class)'
         lines.append(f"| {split} | {set_name} | {r['n']} | "
                      f"{format_percent(r['top1'])} | {format_percent(r['top5'])} | `{r['command']}` |")
     if any(r.get('variant') == 'multimnist' for r in evals.values()):
