@@ -5,7 +5,8 @@
     python scripts/coupling_stats.py --model resnet20_routing --model-kwargs routing_normalize=False \
         --weights raw.safetensors --npz ../shared/data/cifar10_jpeg_q75_approx.npz
 
-Runs the first `--limit` test images through the model (timm's evaluation transform, as `timm_routing.evaluate`) and
+Runs `--limit` test images, spread evenly over the test split (so that a file sorted by class, as the CIFAR-10 one is,
+gives every class its share), through the model (timm's evaluation transform, as `timm_routing.evaluate`) and
 routes its last feature map with the head's own settings, once with the children as they are and once normalised to
 unit length, whatever the model was built with. Prints, per setting, the mean and median length of the children
 (the C/D-channel vectors at each position) and the mean over groups of the largest coupling coefficient: 1/(H·W) is
@@ -15,6 +16,7 @@ uniform (average pooling), 1 one-hot (a "vector max"). Without `--weights` the m
 import argparse
 import sys
 
+import numpy as np
 import torch
 
 import timm
@@ -62,10 +64,12 @@ def main(argv=None) -> int:
     if args.weights:
         load_checkpoint(model, args.weights)
     transform = create_transform(**resolve_data_config(model=model))
-    x, _ = load_split(args.npz, 'test', limit=args.limit)
-    images = model_inputs(x, transform)
+    x, y = load_split(args.npz, 'test')
+    picked = np.unique(np.linspace(0, len(x) - 1, min(args.limit, len(x))).round().astype(np.int64))
+    images = model_inputs(x[picked], transform)
     source = args.weights or ('shipped weights' if '.' in args.model else f'initialisation, seed {args.seed}')
-    print(f'{args.model} ({source}), first {len(images)} test images of {args.npz}:')
+    print(f'{args.model} ({source}), {len(images)} test images of {args.npz} spread evenly over the split '
+          f'({len(np.unique(y[picked]))} classes):')
     for r in coupling_stats(model, images):
         print(f"  children {'normalised' if r['normalize'] else 'raw'}: length mean {r['length_mean']:.2f}, median "
               f"{r['length_median']:.2f}; largest coupling (λ = {r['lam']:g}, {r['iters']} iteration(s)) mean "

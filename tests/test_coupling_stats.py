@@ -36,9 +36,11 @@ def test_main_reads_test_images_and_prints_both_settings(tmp_path, capsys):
     rng = np.random.default_rng(0)
     npz = tmp_path / 'tiny.npz'
     x = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
-    np.savez(npz, x_train=x, y_train=np.zeros(6, np.uint8), x_test=x, y_test=np.zeros(6, np.uint8))
-    assert coupling_stats.main(['--model', 'resnet20_routing', '--npz', str(npz), '--limit', '4',
+    labels = np.array([0, 0, 0, 1, 1, 1], np.uint8)  # sorted by class: the first 3 would be one class
+    np.savez(npz, x_train=x, y_train=labels, x_test=x, y_test=labels)
+    assert coupling_stats.main(['--model', 'resnet20_routing', '--npz', str(npz), '--limit', '3',
                                 '--model-kwargs', 'routing_lam=1.0', 'routing_normalize=False']) == 0
     out = capsys.readouterr().out
-    assert 'first 4 test images' in out and 'initialisation, seed 0' in out
+    assert '3 test images of' in out and 'spread evenly over the split (2 classes)' in out
+    assert 'initialisation, seed 0' in out
     assert 'children raw' in out and 'children normalised' in out and 'λ = 1' in out
