@@ -192,8 +192,8 @@ def test_training_from_a_config_records_it(rgb_npz, tmp_path):
     with pytest.raises(ValueError, match=r"\['config'\] record a finished run"):
         parse_args(['-c', str(out / 'args.yaml')])
     plain = tmp_path / 'plain'
-    assert main(['--npz', str(rgb_npz), '--dataset', 'plain', '--model', 'resnet20', '--val-size', '40', '--epochs', '1',
-                 '--log-interval', '0', '--output', str(plain)]) == 0
+    assert main(['--npz', str(rgb_npz), '--dataset', 'plain', '--model', 'resnet20', '--val-size', '40',
+                 '--epochs', '1', '--log-interval', '0', '--output', str(plain)]) == 0
     assert yaml.safe_load(open(plain / 'args.yaml'))['config'] is None
     again = parse_args(['-c', str(plain / 'args.yaml')])
     assert {k: v for k, v in vars(again).items() if k != 'config'} == \

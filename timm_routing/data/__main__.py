@@ -15,8 +15,9 @@ def main(argv=None) -> int:
     parser.add_argument('--out', required=True, help='output folder (must not hold an export already)')
     parser.add_argument('--val-size', type=int, default=5000, help='images held out of train for validation')
     parser.add_argument('--seed', type=int, default=0, help='seed of the stratified validation draw')
-    parser.add_argument('--limit', type=int, default=None, help='first N train and test images only (of a file sorted by class, as the CIFAR-10 one, '
-                             'that is few classes)')
+    parser.add_argument('--limit', type=int, default=None,
+                        help='first N train and test images only (few classes where the file is sorted by class, as '
+                             'the CIFAR-10 one is)')
     parser.add_argument('--variant', default=None, choices=('mnist_shift', 'mnist_centred', 'affnist_like'),
                         help='write an MNIST-derived set of the CapsNet experiments (from mnist.npz)')
     parser.add_argument('--train-pad', type=int, default=0, metavar='PIXELS',
