@@ -12,6 +12,7 @@ centred in 40x40 and the affNIST-like set, the MultiMNIST model on MultiMNIST. A
 import argparse
 import json
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -62,14 +63,20 @@ def evaluate_all(npz: str, checkpoints: dict, tags=None) -> None:
             evaluate_main(argv)
 
 
-def _load(tag: str, stem: str):
-    path = ROOT / 'results' / tag / f'eval_{stem}.json'
+def _load(tag: str, stem: str, run: str = ''):
+    path = ROOT / 'results' / tag / run / f'eval_{stem}.json'
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _epochs(tag: str) -> str:
-    summary = ROOT / 'results' / tag / 'summary.csv'
+def _epochs(tag: str, run: str = '') -> str:
+    summary = ROOT / 'results' / tag / run / 'summary.csv'
     return f'{len(summary.read_text().strip().splitlines()) - 1} epochs' if summary.exists() else '?'
+
+
+def _other_seeds(tag: str):
+    """The further seeds of a tag's recipe: `results/<tag>/seed*/` folders with a test evaluation (weights not
+    shipped; their JSONs name the checkpoint they measured)."""
+    return sorted(d.name for d in (ROOT / 'results' / tag).glob('seed*') if (d / 'eval_test.json').exists())
 
 
 def table() -> str:
@@ -80,9 +87,22 @@ def table() -> str:
         if evals['test'] is None:
             continue
         params = sum(p.numel() for p in timm.create_model(MODEL_OF.get(tag, tag)).parameters()) / 1e6
-        cells = [f"{100 - evals[s]['top1']:.2f}" if evals[s] else '-' for s in ('test', 'test_mnist',
-                                                                                 'test_affnist_like')]
+        stems = ('test', 'test_mnist', 'test_affnist_like')
+        cells = [f"{100 - evals[s]['top1']:.2f}" if evals[s] else '-' for s in stems]
         lines.append(f'| `{tag}` (ours, {_epochs(tag)}) | {params:.2f} | ' + ' | '.join(cells) + ' |')
+        seeds = _other_seeds(tag)
+        for run in seeds:
+            cells = [f"{100 - e['top1']:.2f}" if (e := _load(tag, s, run)) else '-' for s in stems]
+            lines.append(f'| `{tag}`, `{run}` (ours, {_epochs(tag, run)}; weights not shipped) | {params:.2f} | '
+                         + ' | '.join(cells) + ' |')
+        if seeds:
+            cells = []
+            for s in stems:
+                errors = [100 - e['top1'] for run in [''] + seeds if (e := _load(tag, s, run))]
+                cells.append(f'{statistics.mean(errors):.2f} ± {statistics.stdev(errors):.2f}'
+                             if len(errors) > 1 else '-')
+            lines.append(f'| `{tag}`, mean ± sd of {len(seeds) + 1} seeds | {params:.2f} | '
+                         + ' | '.join(cells) + ' |')
     for name, (mnist, aff, params) in PAPER.items():
         lines.append(f'| {name} | {params} | {mnist} | - | {aff} (real affNIST) |')
     lines += ['', '| model | params (M) | MultiMNIST error (%) |', '|---|---|---|']

@@ -7,8 +7,9 @@ image) entirely in registers: forward writes `s` and `c` and saves nothing but t
 iterations it needs and accumulates `∂L/∂u` in registers, one write. The math is the PyTorch backward's, term for term
 (see `_RoutingFunction`), so the two agree to float32 rounding.
 
-Status: checked against the PyTorch path in Triton's interpreter (`TRITON_INTERPRET=1`, on CPU tensors) by
-`tests/test_routing_triton.py`; **not yet compiled or timed on a GPU**. It is therefore opt-in: set
+Status: checked against the PyTorch path in Triton's interpreter (`TRITON_INTERPRET=1`, on CPU tensors, Triton 3.6 and
+3.8) by `tests/test_routing_triton.py`; compiled and timed on an NVIDIA H200 (docs/benchmarks.md), where its agreement
+with the PyTorch path is **not yet checked** (the test's CUDA case). It is therefore opt-in: set
 `TIMM_ROUTING_TRITON=1` to route CUDA tensors through it (rows of at most `MAX_TILE` children x neurons; larger ones
 and everything else take the PyTorch path).
 """
@@ -108,8 +109,9 @@ def _routing_bwd_kernel(u_ptr, gs_ptr, gc_ptr, gu_ptr, D, N, lam, eps, ITERS: tl
         g_w = g_w * inv
     g_c = g_c + g_w
     g_b = tl.zeros((BLOCK_N,), tl.float32)
-    for j in tl.static_range(ITERS):
-        k = ITERS - 1 - j
+    # k counts down as the loop variable itself: a name assigned from constexpr arithmetic becomes a runtime
+    # tensor in Triton 3.6, which static_range refuses (seen on the H200's Triton 3.6.0; 3.8 keeps it constexpr)
+    for k in tl.static_range(ITERS - 1, -1, -1):
         # recompute iteration k: c_k, b_k -> w_k, ‖s_k‖, v_k, a_raw_k, c_{k+1}
         c_k = uniform
         b = tl.zeros((BLOCK_N,), tl.float32)
