@@ -2,6 +2,8 @@
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,27 @@ def test_corrupt_weight_file_names_the_file(tmp_path):
         timm.create_model(tag, pretrained=True, pretrained_cfg_overlay=dict(file=str(bad)))
     with pytest.raises(FileNotFoundError, match=r'missing\.safetensors does not exist'):
         timm.create_model(tag, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / 'missing.safetensors')))
+
+
+def test_package_imports_without_its_weight_files(tmp_path):
+    """A copy of the package without `pretrained/` (a partial install, a trimmed copy) still imports: its tags are left
+    out, `resnet20` defaults to its untagged cfg rather than to the grey expanded-MNIST weights, and asking for a
+    missing tag fails in timm's own words."""
+    shutil.copytree(ROOT / 'timm_routing', tmp_path / 'timm_routing', ignore=shutil.ignore_patterns('pretrained'))
+    check = (
+        'import timm, timm_routing\n'
+        'assert timm_routing.models._pretrained.PRETRAINED_DIR.parent.parent.samefile(".")\n'
+        'assert not [m for m in timm.list_pretrained() if m.startswith("resnet20.")]\n'
+        'assert timm.models.get_pretrained_cfg("resnet20").input_size == (3, 32, 32)\n'
+        'try:\n'
+        '    timm.create_model("resnet20.gpu_cifar10jpeg", pretrained=True)\n'
+        'except RuntimeError as e:\n'
+        '    assert "gpu_cifar10jpeg" in str(e), e\n'
+        'else:\n'
+        '    raise AssertionError("a tag without weights was created")\n')
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    proc = subprocess.run([sys.executable, '-c', check], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_mismatched_weight_file_names_the_file(tmp_path):

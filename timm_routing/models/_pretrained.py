@@ -36,8 +36,16 @@ def shipped(cfgs: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
 def keep_default_tag(default_cfgs: Dict[str, Any], architecture: str, tag: str = '') -> None:
     """Makes `tag` the default cfg of `architecture` again after `generate_default_cfgs`, which promotes the first tag
     with weights (e.g. keeps `resnet20` a CIFAR-10 architecture although only its grey expanded-MNIST tag has weights).
-    Call it before the `@register_model` entrypoints, which read `default_cfgs`."""
+    Call it before the `@register_model` entrypoints, which read `default_cfgs`.
+
+    Where `tag`'s weight file is absent from this installation (`shipped` left the tag out), the untagged cfg, which
+    has no weights, becomes the default instead, so that the architecture never defaults to the wrong dataset's
+    weights and the package still imports."""
     tags = default_cfgs[architecture].tags
+    if tag not in tags:
+        tag = ''
+        if tag not in tags:
+            return
     tags.remove(tag)
     tags.appendleft(tag)
 
