@@ -177,3 +177,19 @@ def test_hub_folder_loads_from_local_dir_and_offline_hub_cache(tmp_path):
         torch.testing.assert_close(local(x), expected, rtol=0, atol=0)
         torch.testing.assert_close(hub(x), expected, rtol=0, atol=0)
     assert list(local.pretrained_cfg['label_names']) == list(reference.pretrained_cfg['label_names'])
+
+
+def test_table4_in_the_docs_is_what_the_evaluations_print():
+    """Every row `scripts/capsnet_table.py` prints from the evaluation JSONs stands in docs/results.md and
+    docs/capsnet.md with the same numbers (the docs may add words to the model column, e.g. the GPU)."""
+    proc = subprocess.run([sys.executable, str(ROOT / 'scripts' / 'capsnet_table.py')], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split(' | ') for line in proc.stdout.splitlines() if line.startswith('| `')]
+    assert len(rows) >= 4
+    for doc in ('docs/results.md', 'docs/capsnet.md'):
+        text = (ROOT / doc).read_text()
+        for name, *cells in rows:
+            key = name.split(' (ours')[0]
+            doc_rows = [line.split(' | ') for line in text.splitlines() if line.startswith(key + ' (ours')
+                        or line.startswith(key + ' |') or line == ' | '.join([name] + cells)]
+            assert [r[1:] for r in doc_rows] == [cells], (doc, name, doc_rows)
