@@ -78,6 +78,18 @@ def test_package_imports_without_its_weight_files(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+def test_keep_default_tag_without_weights_or_untagged_cfg_is_a_clear_error():
+    from timm.models import generate_default_cfgs
+    from timm_routing.models._pretrained import keep_default_tag
+    cfgs = generate_default_cfgs({'arch.other_data': dict(num_classes=10)})
+    with pytest.raises(ValueError, match=r'arch\.missing has no weight file here and arch no untagged cfg'):
+        keep_default_tag(cfgs, 'arch', 'missing')
+    cfgs = generate_default_cfgs({'arch': dict(num_classes=10), 'arch.other_data': dict(num_classes=10, file='w')})
+    assert cfgs['arch'].tags[0] == 'other_data'  # timm promotes the tag with weights
+    keep_default_tag(cfgs, 'arch', 'missing')
+    assert cfgs['arch'].tags[0] == ''  # not the other dataset's weights
+
+
 def test_mismatched_weight_file_names_the_file(tmp_path):
     wrong = tmp_path / 'resnet20.safetensors'
     save_file(timm.create_model('resnet20').state_dict(), str(wrong))

@@ -43,9 +43,10 @@ def keep_default_tag(default_cfgs: Dict[str, Any], architecture: str, tag: str =
     weights and the package still imports."""
     tags = default_cfgs[architecture].tags
     if tag not in tags:
+        if '' not in tags:
+            raise ValueError(f'{architecture}.{tag} has no weight file here and {architecture} no untagged cfg to '
+                             f'default to; its tags are {list(tags)}.')
         tag = ''
-        if tag not in tags:
-            return
     tags.remove(tag)
     tags.appendleft(tag)
 
