@@ -82,27 +82,25 @@ def _other_seeds(tag: str):
 def table() -> str:
     lines = ['| model | params (M) | expanded MNIST error (%) | MNIST centred error (%) | affNIST-like error (%) |',
              '|---|---|---|---|---|']
+    stems = ('test', 'test_mnist', 'test_affnist_like')
     for tag in EXPANDED:
-        evals = {stem: _load(tag, stem) for stem, _, _, _ in EXPANDED_EVALS}
-        if evals['test'] is None:
+        runs = [''] + _other_seeds(tag)  # the shipped run, then the further seeds
+        errors = {run: [100 - e['top1'] if (e := _load(tag, s, run)) else None for s in stems] for run in runs}
+        if errors[''][0] is None:
             continue
         params = sum(p.numel() for p in timm.create_model(MODEL_OF.get(tag, tag)).parameters()) / 1e6
-        stems = ('test', 'test_mnist', 'test_affnist_like')
-        cells = [f"{100 - evals[s]['top1']:.2f}" if evals[s] else '-' for s in stems]
-        lines.append(f'| `{tag}` (ours, {_epochs(tag)}) | {params:.2f} | ' + ' | '.join(cells) + ' |')
-        seeds = _other_seeds(tag)
-        for run in seeds:
-            cells = [f"{100 - e['top1']:.2f}" if (e := _load(tag, s, run)) else '-' for s in stems]
-            lines.append(f'| `{tag}`, `{run}` (ours, {_epochs(tag, run)}; weights not shipped) | {params:.2f} | '
-                         + ' | '.join(cells) + ' |')
-        if seeds:
+        for run in runs:
+            label = f'`{tag}`, `{run}` (ours, {_epochs(tag, run)}; weights not shipped)' if run else \
+                f'`{tag}` (ours, {_epochs(tag)})'
+            cells = ['-' if v is None else f'{v:.2f}' for v in errors[run]]
+            lines.append(f'| {label} | {params:.2f} | ' + ' | '.join(cells) + ' |')
+        if len(runs) > 1:
             cells = []
-            for s in stems:
-                errors = [100 - e['top1'] for run in [''] + seeds if (e := _load(tag, s, run))]
-                cells.append(f'{statistics.mean(errors):.2f} ± {statistics.stdev(errors):.2f}'
-                             if len(errors) > 1 else '-')
-            lines.append(f'| `{tag}`, mean ± sd of {len(seeds) + 1} seeds | {params:.2f} | '
-                         + ' | '.join(cells) + ' |')
+            for i in range(len(stems)):
+                values = [errors[run][i] for run in runs if errors[run][i] is not None]
+                cells.append(f'{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}' if len(values) > 1
+                             else '-')
+            lines.append(f'| `{tag}`, mean ± sd of {len(runs)} seeds | {params:.2f} | ' + ' | '.join(cells) + ' |')
     for name, (mnist, aff, params) in PAPER.items():
         lines.append(f'| {name} | {params} | {mnist} | - | {aff} (real affNIST) |')
     lines += ['', '| model | params (M) | MultiMNIST error (%) |', '|---|---|---|']

@@ -202,6 +202,6 @@ def test_table4_in_the_docs_is_what_the_evaluations_print():
         text = (ROOT / doc).read_text()
         for name, *cells in rows:
             key = name.split(' (ours')[0]
-            doc_rows = [line.split(' | ') for line in text.splitlines() if line.startswith(key + ' (ours')
-                        or line.startswith(key + ' |') or line == ' | '.join([name] + cells)]
+            doc_rows = [line.split(' | ') for line in text.splitlines()
+                        if line.startswith(key + ' (ours') or line.startswith(key + ' |')]
             assert [r[1:] for r in doc_rows] == [cells], (doc, name, doc_rows)
