@@ -1,6 +1,8 @@
 """Routing heads on timm backbones: add_routing_head on any timm CNN and the registered <backbone>_routing models."""
 import copy
 import io
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -52,15 +54,46 @@ def test_routing_changes_pooling_and_reset_keeps_it(name):
     assert model(x).ndim == 4
 
 
+def _tiny_swin(**kwargs):
+    # timm's Swin pools channels-last (B, H, W, C) maps; one block per stage keeps it small
+    return timm.create_model('swin_tiny_patch4_window7_224', embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1),
+                             img_size=64, window_size=2, **kwargs)
+
+
+def test_channels_last_backbone():
+    torch.manual_seed(0)
+    model = _tiny_swin(num_classes=7).eval()
+    x = torch.randn(2, 3, 64, 64)
+    expected = model(x)
+    add_routing_head(model, lam=0.0)
+    pool = _find_global_pool(model)[2]
+    assert isinstance(pool, RoutingPool2d) and pool.input_fmt == 'NHWC'
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)  # λ = 0: still average pooling
+    model.reset_classifier(3, 'routing')
+    feats = model.forward_features(x)  # (2, 2, 2, 256)
+    _, couplings = _find_global_pool(model)[2].route(feats)
+    assert couplings.shape == (2, 256 // 16, 2, 2) and model(x).shape == (2, 3)
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match='capsule_dim=24 does not divide the 512 feature channels'):
         add_routing_head(timm.create_model('resnet10t'), capsule_dim=24)
-    with pytest.raises(ValueError, match='has 0 global pooling layers'):
+    with pytest.raises(ValueError, match='VisionTransformer has 0 global pooling layers'):
         add_routing_head(timm.create_model('vit_tiny_patch16_224', img_size=32, patch_size=8))
     with pytest.raises(TypeError, match='not a timm classifier'):
         add_routing_head(torch.nn.Conv2d(3, 8, 3))
     with pytest.raises(ValueError, match="Unknown routing activation 'gelu'"):
         add_routing_head(timm.create_model('resnet10t'), activation='gelu')
+
+
+@pytest.mark.parametrize('name, kwargs', [('resnet10t', dict(capsule_dim=24)), ('vit_tiny_patch16_224', {})])
+def test_refused_model_is_left_as_it_was(name, kwargs):
+    model = timm.create_model(name, img_size=32) if name.startswith('vit') else timm.create_model(name)
+    cls, modules = type(model), [type(m) for m in model.modules()]
+    with pytest.raises(ValueError):
+        add_routing_head(model, **kwargs)
+    assert type(model) is cls and not hasattr(model, 'routing_args')
+    assert [type(m) for m in model.modules()] == modules
 
 
 def test_routed_model_copies_and_pickles():
@@ -110,3 +143,14 @@ def test_features_only_backbone():
     model = timm.create_model('resnet50_routing', features_only=True, out_indices=(2, 3, 4))
     outs = model(torch.randn(1, 3, 64, 64))
     assert [o.shape[1] for o in outs] == [512, 1024, 2048]
+
+
+def test_backbone_sweep_script(capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'scripts'))
+    import backbone_sweep
+    assert backbone_sweep.main(['resnet10t', 'vit_tiny_patch16_224']) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].split()[:3] == ['resnet10t', 'ok', 'NCHW,']
+    assert rows[1].split()[:2] == ['vit_tiny_patch16_224', 'refused'] and '0 global pooling layers' in rows[1]
+    assert backbone_sweep.main(['no_such_model']) == 1  # anything but a ValueError from add_routing_head is a bug
+    assert capsys.readouterr().out.split()[:2] == ['no_such_model', 'FAILED']

@@ -235,12 +235,25 @@ def test_callable_activation():
     (dict(lam=-0.5), 'lambda must be finite and >= 0, got -0.5'),
     (dict(lam=math.inf), 'lambda must be finite'),
     (dict(activation='relu'), "Unknown routing activation 'relu'"),
-    (dict(input_fmt='NHWC'), "input_fmt='NCHW' only, got 'NHWC'"),
+    (dict(input_fmt='NCL'), "input_fmt must be 'NCHW' or 'NHWC', got 'NCL'"),
 ])
 def test_bad_configuration_raises_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         pool = RoutingPool2d(**{'capsule_dim': 16, **kwargs})
         pool(torch.randn(1, 32, 4, 4))
+
+
+@pytest.mark.parametrize('flatten', [True, False])
+def test_channels_last_input_routes_the_same_capsules(flatten):
+    torch.manual_seed(0)
+    x = torch.randn(2, 32, 3, 5)
+    nchw = RoutingPool2d(capsule_dim=8, iters=2, lam=3.0, normalize=True, flatten=flatten)
+    nhwc = RoutingPool2d(capsule_dim=8, iters=2, lam=3.0, normalize=True, flatten=flatten, input_fmt='NHWC')
+    expected, expected_c = nchw.route(x)
+    out, couplings = nhwc.route(x.permute(0, 2, 3, 1))
+    assert out.shape == ((2, 32) if flatten else (2, 1, 1, 32))  # the layout of timm's pools on NHWC maps
+    torch.testing.assert_close(out.reshape(2, 32), expected.reshape(2, 32))
+    torch.testing.assert_close(couplings, expected_c)
 
 
 @pytest.mark.parametrize('kwargs', [dict(iters=1.5), dict(capsule_dim='16'), dict(lam='5'), dict(activation=3)])

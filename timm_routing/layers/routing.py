@@ -429,7 +429,8 @@ def routing_pool2d(
 class RoutingPool2d(nn.Module):
     """Global pooling by dynamic routing, a drop-in for timm's `SelectAdaptivePool2d`.
 
-    `(B, C, H, W) -> (B, C)` (or `(B, C, 1, 1)` with `flatten=False`): the channels are cut into
+    `(B, C, H, W) -> (B, C)` (or `(B, C, 1, 1)` with `flatten=False`; `(B, H, W, C) -> (B, C)` or `(B, 1, 1, C)` with
+    `input_fmt='NHWC'`): the channels are cut into
     `G = C / capsule_dim` groups of consecutive channels; in group g the H·W spatial vectors are the children of
     that group's single parent `v_g`, and `out[:, g*D:(g+1)*D] = v_g`. No learned parameters.
 
@@ -443,7 +444,8 @@ class RoutingPool2d(nn.Module):
         normalize: Normalise the children to unit length (Algorithm 1 line 1).
         activation: Final activation of the parent capsules: None, 'squash', 'norm' or a callable.
         flatten: Return `(B, C)` rather than `(B, C, 1, 1)`.
-        input_fmt: Only 'NCHW'.
+        input_fmt: 'NCHW', or 'NHWC' for channels-last feature maps (timm's Swin, MaxViT-style stages, Sequencer):
+            the same capsules of consecutive channels, read from the last dimension.
     """
 
     def __init__(
@@ -462,8 +464,8 @@ class RoutingPool2d(nn.Module):
         if capsule_dim < 1:
             raise ValueError(f'capsule_dim must be >= 1, got {capsule_dim}.')
         _check_routing_args(iters, lam)
-        if input_fmt != 'NCHW':
-            raise ValueError(f"RoutingPool2d supports input_fmt='NCHW' only, got {input_fmt!r}.")
+        if input_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"RoutingPool2d input_fmt must be 'NCHW' or 'NHWC', got {input_fmt!r}.")
         self.pool_type = 'routing'
         self.capsule_dim = capsule_dim
         self.iters = iters
@@ -472,6 +474,7 @@ class RoutingPool2d(nn.Module):
         self.activation = activation if activation is None or isinstance(activation, str) else 'custom'
         self.act = create_routing_act(activation)
         self.flatten = flatten
+        self.input_fmt = input_fmt
 
     def is_identity(self) -> bool:
         return False
@@ -488,10 +491,12 @@ class RoutingPool2d(nn.Module):
 
     def route(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Pools `x` and returns `(out, couplings)`, couplings `(B, G, H, W)` summing to 1 over H·W."""
+        if self.input_fmt == 'NHWC':
+            x = x.permute(0, 3, 1, 2)
         s, c = routing_pool2d(x, self.capsule_dim, self.iters, self.lam, self.normalize)
         v = self.act(s).flatten(1)
-        if not self.flatten:
-            v = v.unsqueeze(-1).unsqueeze(-1)
+        if not self.flatten:  # keep the input's layout, as timm's pools do
+            v = v.unsqueeze(1).unsqueeze(1) if self.input_fmt == 'NHWC' else v.unsqueeze(-1).unsqueeze(-1)
         return v, c
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -500,4 +505,5 @@ class RoutingPool2d(nn.Module):
     def extra_repr(self) -> str:
         return (
             f'pool_type={self.pool_type}, capsule_dim={self.capsule_dim}, iters={self.iters}, lam={self.lam}, '
-            f'normalize={self.normalize}, activation={self.activation}, flatten={self.flatten}')
+            f'normalize={self.normalize}, activation={self.activation}, flatten={self.flatten}'
+            + ('' if self.input_fmt == 'NCHW' else f', input_fmt={self.input_fmt}'))

@@ -1,9 +1,11 @@
 """ Routing heads on timm backbones
 
 `add_routing_head(model)` puts dynamic-routing pooling into any timm classifier that pools with timm's
-`SelectAdaptivePool2d` (ResNets, EfficientNets, ConvNeXts and most CNNs), in place of that pooling layer, so the
-model's own classifier semantics stay: a ConvNeXt keeps its norm after the pooling, an EfficientNet its dropout, every
-model its classifier name, `reset_classifier`, `forward_head(pre_logits=True)` and features API.
+`SelectAdaptivePool2d` (ResNets, EfficientNets, ConvNeXts and most CNNs; channels-last ones such as Swin too), in place
+of that pooling layer, so the model's own classifier semantics stay: a ConvNeXt keeps its norm after the pooling, an
+EfficientNet its dropout, every model its classifier name, `reset_classifier`, `forward_head(pre_logits=True)` and
+features API. Models that pool tokens rather than a feature map (ViT, LeViT, RepViT, EfficientFormer) have no such
+layer and are refused with a ValueError.
 
 The model's class becomes a subclass that also accepts `'routing'` in `reset_classifier` and keeps the routing pool
 when `global_pool` is None (timm's own classes would rebuild a `SelectAdaptivePool2d`, which knows no routing).
@@ -50,13 +52,20 @@ def _pool_flattens(pool: nn.Module) -> bool:
     return isinstance(pool.flatten, nn.Flatten) or getattr(getattr(pool, 'pool', None), 'flatten', False) is True
 
 
+def _pool_input_fmt(pool: nn.Module) -> str:
+    """'NHWC' for a pooling layer over channels-last maps: timm's fast pools reduce dims (1, 2) there."""
+    if isinstance(pool, RoutingPool2d):
+        return pool.input_fmt
+    return 'NHWC' if tuple(getattr(getattr(pool, 'pool', None), 'dim', (2, 3))) == (1, 2) else 'NCHW'
+
+
 class RoutingHeadMixin:
     """Makes `reset_classifier` of a timm model understand `'routing'` (mixed into the model's own class)."""
 
     def _set_routing_pool(self):
         parent, attr, pool = _find_global_pool(self)
         num_features = getattr(self, 'num_features')
-        routing_pool = RoutingPool2d(**self.routing_args, flatten=_pool_flattens(pool))
+        routing_pool = RoutingPool2d(**self.routing_args, flatten=_pool_flattens(pool), input_fmt=_pool_input_fmt(pool))
         routing_pool.check_channels(num_features)
         routing_pool.train(pool.training)
         setattr(parent, attr, routing_pool)
@@ -111,7 +120,11 @@ def add_routing_head(
     """
     if not hasattr(model, 'reset_classifier') or not hasattr(model, 'num_features'):
         raise TypeError(f'{type(model).__name__} is not a timm classifier (no reset_classifier / num_features).')
-    model.routing_args = resolve_routing_args(capsule_dim, iters, lam, normalize, activation)
+    routing_args = resolve_routing_args(capsule_dim, iters, lam, normalize, activation)
+    # every check before the model changes: a refused model stays as it was
+    _find_global_pool(model)
+    RoutingPool2d(**routing_args).check_channels(model.num_features)
+    model.routing_args = routing_args
     model.__class__ = _routing_class(type(model))
     model._set_routing_pool()
     return model
