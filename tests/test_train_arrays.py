@@ -198,3 +198,43 @@ def test_training_from_a_config_records_it(rgb_npz, tmp_path):
     again = parse_args(['-c', str(plain / 'args.yaml')])
     assert {k: v for k, v in vars(again).items() if k != 'config'} == \
         {k: v for k, v in yaml.safe_load(open(plain / 'args.yaml')).items() if k != 'config'}
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+    return load_file(str(path))
+
+
+def test_compiled_channels_last_steps_match_the_plain_ones(rgb_npz, tmp_path):
+    # the same seed draws the same batches and crops: compiling the forward (aot_eager: traced, not re-generated
+    # kernels) and channels-last memory change the arithmetic's order only
+    base = ['--npz', rgb_npz, '--dataset', 'plain', '--model', 'resnet20_routing', '--val-size', 40, '--batch-size',
+            40, '--opt', 'momentum', '--lr', 0.05, '--epochs', 1, '--log-interval', 0]
+    assert main([str(a) for a in base + ['--output', tmp_path / 'plain']]) == 0
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    assert main([str(a) for a in base + ['--output', tmp_path / 'fast', '--channels-last',
+                                         '--torchcompile', 'aot_eager']]) == 0
+    assert torch._dynamo.utils.counters['stats']['unique_graphs'] >= 1  # the steps did run compiled
+    plain, fast = _weights(tmp_path / 'plain' / 'model_last.safetensors'), _weights(
+        tmp_path / 'fast' / 'model_last.safetensors')
+    assert sorted(plain) == sorted(fast)  # the model's own names, no `_orig_mod.` of the compiled wrapper
+    for name in plain:
+        torch.testing.assert_close(fast[name], plain[name], rtol=1e-3, atol=1e-4, msg=name)
+    recorded = yaml.safe_load(open(tmp_path / 'fast' / 'args.yaml'))
+    assert (recorded['channels_last'], recorded['torchcompile']) == (True, 'aot_eager')
+
+
+@pytest.mark.parametrize('amp_dtype', ['bfloat16', 'float16'])
+def test_mixed_precision_trains_and_resumes(rgb_npz, tmp_path, amp_dtype):
+    out = tmp_path / 'run'
+    args = ['--npz', rgb_npz, '--dataset', 'plain', '--model', 'resnet20', '--val-size', 40, '--batch-size', 40,
+            '--opt', 'momentum', '--lr', 0.05, '--log-interval', 0, '--amp', '--amp-dtype', amp_dtype, '--output', out]
+    assert main([str(a) for a in args + ['--epochs', 1]]) == 0
+    state = torch.load(out / 'last.pth.tar', weights_only=False)
+    assert (state['scaler'] is not None) == (amp_dtype == 'float16')  # float16 scales the loss, bfloat16 need not
+    assert main([str(a) for a in args + ['--epochs', 2, '--resume']]) == 0
+    rows = list(csv.DictReader(open(out / 'summary.csv')))
+    assert [r['epoch'] for r in rows] == ['0', '1'] and all(np.isfinite(float(r['train_loss'])) for r in rows)
+    assert all(v.dtype == torch.float32 for v in _weights(out / 'model_last.safetensors').values()
+               if v.is_floating_point())  # autocast leaves the parameters in float32

@@ -26,11 +26,14 @@ The validation split (`--val-size` images held out of the training set, stratifi
 package) scores every epoch; the test splits are for `python -m timm_routing.evaluate` on the final weights. The split
 is drawn with `--split-seed`, by default `--seed`, so each seed holds out its own images unless a fixed `--split-seed`
 keeps one validation set across seeds (score it with `evaluate --seed SPLIT_SEED`).
+`--amp` (with `--amp-dtype`), `--channels-last` and `--torchcompile` (with `--torchcompile-mode`) are train.py's
+options of the same names, for the training steps; validation runs in float32 on the model as built.
 Everything else comes from timm: `create_model`, `create_optimizer_v2`, `create_scheduler_v2`, `update_summary`.
 Outputs in `--output`: `summary.csv` (train.py's columns), `args.yaml`, `last.pth.tar` (resumable, written every
 epoch), `model_best.safetensors` and `model_last.safetensors`.
 """
 import argparse
+import contextlib
 import logging
 import sys
 import time
@@ -206,6 +209,19 @@ def train(args) -> dict:
     if multi and not _is_capsule_model(model):
         raise ValueError(f'{args.model} has no capsules; MultiMNIST training here is for CapsNet models.')
     criterion = CapsuleLoss(args.recon_weight) if _is_capsule_model(model) else None
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    # what the training steps call: the model (capsule models: forward_train, for the reconstruction), maybe compiled;
+    # evaluation and the saved weights use the model itself
+    forward = model.forward_train if criterion is not None else model
+    if args.torchcompile:
+        forward = torch.compile(forward, backend=args.torchcompile, mode=args.torchcompile_mode)
+    amp_dtype = getattr(torch, args.amp_dtype)
+    scaler = torch.amp.GradScaler(device.type) if args.amp and amp_dtype == torch.float16 else None
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp_dtype) if args.amp else contextlib.nullcontext()
+
     optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
                                     momentum=args.momentum)
     steps_per_epoch = -(-len(train_set) // args.batch_size)
@@ -216,6 +232,8 @@ def train(args) -> dict:
         state = torch.load(out / 'last.pth.tar', map_location=device, weights_only=False)
         model.load_state_dict(state['state_dict'])
         optimizer.load_state_dict(state['optimizer'])
+        if scaler is not None and state.get('scaler'):
+            scaler.load_state_dict(state['scaler'])
         start_epoch, best = state['epoch'] + 1, state.get('best')
         torch.set_rng_state(state['rng'])
         if state.get('fitted'):  # a schedule shortened by --time-budget stays shortened
@@ -237,14 +255,20 @@ def train(args) -> dict:
         for step in range(steps_per_epoch):
             idx = order[step * args.batch_size:(step + 1) * args.batch_size]
             batch = pad_crop_flip(images, idx, img_size, args.hflip) if plain else images[idx]
-            x, y = to_model_input(batch, mean, std), labels[idx]
-            if criterion is not None:
-                loss = criterion(model.forward_train(x, y), y, x)['loss']
-            else:
-                loss = F.cross_entropy(model(x), y)
+            x, y = to_model_input(batch, mean, std).contiguous(memory_format=memory_format), labels[idx]
+            with autocast():
+                if criterion is not None:
+                    loss = criterion(forward(x, y), y, x)['loss']
+                else:
+                    loss = F.cross_entropy(forward(x), y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
             scheduler.step_update(num_updates=epoch * steps_per_epoch + step + 1)
             total += loss.detach() * len(idx)
             seen += len(idx)
@@ -278,7 +302,7 @@ def train(args) -> dict:
                 _logger.info(f'--time-budget {args.time_budget:.0f} s: schedule shortened to {num_epochs} epochs '
                              f'(milestones {milestones}) at {epoch_time:.1f} s per epoch')
         torch.save(dict(state_dict=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch, best=best,
-                        rng=torch.get_rng_state(), args=vars(args),
+                        rng=torch.get_rng_state(), args=vars(args), scaler=scaler.state_dict() if scaler else None,
                         fitted=(num_epochs, milestones) if hasattr(args, 'epochs_fitted') else None),
                    out / 'last.pth.tar')
         epoch += 1
@@ -397,6 +421,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--time-budget', type=float, default=None, metavar='SECONDS',
                         help='shorten the schedule after the second epoch if it would not fit (see the module doc)')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--amp', action='store_true', help='mixed precision (torch.autocast) in the training steps')
+    parser.add_argument('--amp-dtype', default='float16', choices=('float16', 'bfloat16'),
+                        help='autocast dtype of --amp; float16 scales the loss (GradScaler)')
+    parser.add_argument('--channels-last', action='store_true', help='model and inputs in channels-last memory format')
+    parser.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND',
+                        help='torch.compile the training forward with BACKEND (inductor when given no value)')
+    parser.add_argument('--torchcompile-mode', default=None, help="torch.compile mode, e.g. 'reduce-overhead'")
     parser.add_argument('--recon-weight', type=float, default=0.0005)
     parser.add_argument('--val-size', type=int, default=5000)
     parser.add_argument('--seed', type=int, default=0)
