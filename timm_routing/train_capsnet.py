@@ -210,7 +210,8 @@ def train(args) -> dict:
         raise ValueError(f'{args.model} has no capsules; MultiMNIST training here is for CapsNet models.')
     criterion = CapsuleLoss(args.recon_weight) if _is_capsule_model(model) else None
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    model.to(memory_format=memory_format)
+    if args.channels_last:
+        model.to(memory_format=memory_format)
     # what the training steps call: the model (capsule models: forward_train, for the reconstruction), maybe compiled;
     # evaluation and the saved weights use the model itself
     forward = model.forward_train if criterion is not None else model
