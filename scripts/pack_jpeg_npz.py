@@ -1,8 +1,7 @@
 #!/usr/bin/env python3
 """ Lossless, compact copies of image `.npz` files whose pixels were decoded from JPEG
 
-    python scripts/pack_jpeg_npz.py pack ../shared/data/cifar10_jpeg_q75_approx.npz cifar10_jpeg.packed.npz \
-        --arrays x_train y_train
+    python scripts/pack_jpeg_npz.py pack ../shared/data/cifar10_jpeg_q75_approx.npz cifar10_jpeg.packed.npz
     python scripts/pack_jpeg_npz.py unpack cifar10_jpeg.packed.npz cifar10_jpeg_q75_approx.npz
 
 For moving a dataset to a machine that only takes a small upload (the lent GPU machines take 64 MiB per call, the
@@ -14,7 +13,8 @@ back exactly) and stores the JPEG streams and the pixel residual, `(image - deco
 the CIFAR-10 JPEG approximation that is about 300 bytes per image, against 3,072 raw. `unpack` decodes, adds the
 residual back and checks every array against the SHA-256 of the original taken at packing, so a decoder that does
 not decode bit for bit as the packing machine's did (another libjpeg) is an error, never a silently different
-dataset. Arrays that are not uint8 images (labels, class names, indices) are stored as they are.
+dataset. Arrays that are not uint8 images (labels, class names, indices) are stored as they are; `--arrays` keeps only
+the named ones (the package's loaders need `x_train`, `y_train`, `x_test`, `y_test`).
 """
 import argparse
 import hashlib
