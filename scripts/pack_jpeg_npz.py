@@ -22,7 +22,7 @@ import io
 import json
 import lzma
 import sys
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, features
@@ -50,16 +50,18 @@ def _decode(stream: bytes, channels: int) -> np.ndarray:
     return image[..., None] if channels == 1 else image
 
 
-def _encode_closest(image: np.ndarray, quality: int, subsampling: int, tries: int) -> bytes:
-    """The JPEG stream, of up to `tries` encodings, that decodes closest to `image` (the first exact one)."""
+def _encode_closest(image: np.ndarray, quality: int, subsampling: int, tries: int) -> Tuple[bytes, np.ndarray]:
+    """The JPEG stream, of up to `tries` encodings, that decodes closest to `image` (the first exact one), and what
+    it decodes to."""
     target = image.astype(np.int16)
-    source, best, best_error = image, b'', None
+    source, best, best_error = image, None, None
     for _ in range(tries):
         stream = _encode(source, quality, subsampling)
-        error = _decode(stream, image.shape[-1]).astype(np.int16) - target
+        decoded = _decode(stream, image.shape[-1])
+        error = decoded.astype(np.int16) - target
         total = int(np.abs(error).sum())
         if best_error is None or total < best_error:
-            best, best_error = stream, total
+            best, best_error = (stream, decoded), total
         if total == 0:
             break
         source = np.clip(source.astype(np.int16) - error, 0, 255).astype(np.uint8)  # pre-correct the error
@@ -90,8 +92,8 @@ def pack_arrays(
             packed[name] = array
             continue
         array = np.ascontiguousarray(array)
-        streams = [_encode_closest(image, quality, _SUBSAMPLING[subsampling], tries) for image in array]
-        decoded = np.stack([_decode(stream, array.shape[-1]) for stream in streams])
+        streams, decoded = zip(*[_encode_closest(image, quality, _SUBSAMPLING[subsampling], tries) for image in array])
+        decoded = np.stack(decoded)
         packed[f'{name}.jpeg'] = np.frombuffer(lzma.compress(b''.join(streams), preset=9), np.uint8)
         packed[f'{name}.lengths'] = np.array([len(stream) for stream in streams], np.int32)
         packed[f'{name}.residual'] = np.frombuffer(lzma.compress((array - decoded).tobytes(), preset=9), np.uint8)

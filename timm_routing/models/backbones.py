@@ -59,15 +59,22 @@ def _pool_input_fmt(pool: nn.Module) -> str:
     return 'NHWC' if tuple(getattr(getattr(pool, 'pool', None), 'dim', (2, 3))) == (1, 2) else 'NCHW'
 
 
+def _routing_pool_for(model: nn.Module, routing_args: Dict[str, Any]) -> Tuple[nn.Module, str, RoutingPool2d]:
+    """The routing pool to put in place of `model`'s global pooling (same flattening, input format and train mode),
+    with the parent module and attribute it goes to. Changes nothing; raises ValueError where the model has no single
+    pooling layer or `capsule_dim` does not divide its features."""
+    parent, attr, pool = _find_global_pool(model)
+    routing_pool = RoutingPool2d(**routing_args, flatten=_pool_flattens(pool), input_fmt=_pool_input_fmt(pool))
+    routing_pool.check_channels(getattr(model, 'num_features'))
+    routing_pool.train(pool.training)
+    return parent, attr, routing_pool
+
+
 class RoutingHeadMixin:
     """Makes `reset_classifier` of a timm model understand `'routing'` (mixed into the model's own class)."""
 
     def _set_routing_pool(self):
-        parent, attr, pool = _find_global_pool(self)
-        num_features = getattr(self, 'num_features')
-        routing_pool = RoutingPool2d(**self.routing_args, flatten=_pool_flattens(pool), input_fmt=_pool_input_fmt(pool))
-        routing_pool.check_channels(num_features)
-        routing_pool.train(pool.training)
+        parent, attr, routing_pool = _routing_pool_for(self, self.routing_args)
         setattr(parent, attr, routing_pool)
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, **kwargs):
@@ -121,12 +128,10 @@ def add_routing_head(
     if not hasattr(model, 'reset_classifier') or not hasattr(model, 'num_features'):
         raise TypeError(f'{type(model).__name__} is not a timm classifier (no reset_classifier / num_features).')
     routing_args = resolve_routing_args(capsule_dim, iters, lam, normalize, activation)
-    # every check before the model changes: a refused model stays as it was
-    _find_global_pool(model)
-    RoutingPool2d(**routing_args).check_channels(model.num_features)
+    parent, attr, routing_pool = _routing_pool_for(model, routing_args)  # before any change: a refused model stays
     model.routing_args = routing_args
     model.__class__ = _routing_class(type(model))
-    model._set_routing_pool()
+    setattr(parent, attr, routing_pool)
     return model
 
 
