@@ -238,3 +238,53 @@ def test_mixed_precision_trains_and_resumes(rgb_npz, tmp_path, amp_dtype):
     assert [r['epoch'] for r in rows] == ['0', '1'] and all(np.isfinite(float(r['train_loss'])) for r in rows)
     assert all(v.dtype == torch.float32 for v in _weights(out / 'model_last.safetensors').values()
                if v.is_floating_point())  # autocast leaves the parameters in float32
+
+
+def _parameters_after_a_still_epoch(rgb_npz, out, *start):
+    """Trains one epoch at learning rate 0 (only BatchNorm's running statistics move) from the given start."""
+    args = ['--npz', rgb_npz, '--dataset', 'plain', '--model', 'resnet20', '--val-size', 40, '--batch-size', 40,
+            '--opt', 'momentum', '--lr', 0, '--min-lr', 0, '--epochs', 1, '--log-interval', 0, '--output', out]
+    assert main([str(a) for a in args + list(start)]) == 0
+    weights = _weights(out / 'model_last.safetensors')
+    names = [n for n, _ in timm.create_model('resnet20', num_classes=4, in_chans=3).named_parameters()]
+    return {n: weights[n] for n in names}
+
+
+@pytest.mark.parametrize('checkpoint', ['model_last.safetensors', 'last.pth.tar'])
+def test_initial_checkpoint_starts_from_its_weights(rgb_npz, tmp_path, checkpoint):
+    first = tmp_path / 'first'
+    main([str(a) for a in ['--npz', rgb_npz, '--dataset', 'plain', '--model', 'resnet20', '--val-size', 40,
+                           '--batch-size', 40, '--opt', 'momentum', '--lr', 0.05, '--epochs', 1, '--log-interval', 0,
+                           '--seed', 3, '--output', first]])
+    started = _parameters_after_a_still_epoch(rgb_npz, tmp_path / 'second', '--initial-checkpoint', first / checkpoint)
+    trained = _weights(first / 'model_last.safetensors')
+    for name, value in started.items():
+        torch.testing.assert_close(value, trained[name], rtol=0, atol=0, msg=name)
+    fresh = _parameters_after_a_still_epoch(rgb_npz, tmp_path / 'fresh')
+    assert not torch.equal(fresh['stem.conv.weight'], trained['stem.conv.weight'])
+
+
+def test_pretrained_starts_from_the_tag_with_timms_head_and_stem_adaptation(rgb_npz, tmp_path):
+    # resnet20.cpu_mnist_shift: grey digits, 10 classes; here 3-channel images of 4 classes
+    started = _parameters_after_a_still_epoch(
+        rgb_npz, tmp_path / 'run', '--model', 'resnet20.cpu_mnist_shift', '--pretrained')
+    tagged = timm.create_model('resnet20.cpu_mnist_shift', pretrained=True)
+    stem = tagged.stem.conv.weight
+    torch.testing.assert_close(started['stem.conv.weight'], stem.repeat(1, 3, 1, 1) / 3)  # timm's adapt_input_conv
+    for name, value in tagged.named_parameters():
+        if not name.startswith(('stem.conv', 'head.fc.')):
+            torch.testing.assert_close(started[name], value.detach(), rtol=0, atol=0, msg=name)
+    assert started['head.fc.weight'].shape == (4, tagged.head.fc.weight.shape[1])
+
+
+def test_bad_starting_weights_name_the_file(rgb_npz, tmp_path):
+    with pytest.raises(FileNotFoundError, match='missing.safetensors'):
+        _parameters_after_a_still_epoch(
+            rgb_npz, tmp_path / 'a', '--initial-checkpoint', tmp_path / 'missing.safetensors')
+    other = tmp_path / 'convnet.safetensors'
+    from safetensors.torch import save_file
+    save_file(timm.create_model('convnet4_max', num_classes=4, in_chans=3).state_dict(), str(other))
+    with pytest.raises(ValueError, match='convnet.safetensors does not hold weights of resnet20'):
+        _parameters_after_a_still_epoch(rgb_npz, tmp_path / 'b', '--initial-checkpoint', other)
+    with pytest.raises(ValueError, match='--pretrained and --initial-checkpoint'):
+        _parameters_after_a_still_epoch(rgb_npz, tmp_path / 'c', '--pretrained', '--initial-checkpoint', other)

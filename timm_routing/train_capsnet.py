@@ -27,7 +27,10 @@ package) scores every epoch; the test splits are for `python -m timm_routing.eva
 is drawn with `--split-seed`, by default `--seed`, so each seed holds out its own images unless a fixed `--split-seed`
 keeps one validation set across seeds (score it with `evaluate --seed SPLIT_SEED`).
 `--amp` (with `--amp-dtype`), `--channels-last` and `--torchcompile` (with `--torchcompile-mode`) are train.py's
-options of the same names, for the training steps; validation runs in float32 on the model as built.
+options of the same names, for the training steps; validation runs in float32 on the model as built. `--pretrained`
+and `--initial-checkpoint` are train.py's too: a run starts from a tag's weights (`--model <name>.<tag> --pretrained`,
+with timm's stem and classifier adaptation where the data differ) or from a weight file of the same model (strict; a
+safetensors file, or a train.py or train_capsnet checkpoint), e.g. to continue a finished schedule with a new one.
 Everything else comes from timm: `create_model`, `create_optimizer_v2`, `create_scheduler_v2`, `update_summary`.
 Outputs in `--output`: `summary.csv` (train.py's columns), `args.yaml`, `last.pth.tar` (resumable, written every
 epoch), `model_best.safetensors` and `model_last.safetensors`.
@@ -45,6 +48,7 @@ import torch.nn.functional as F
 import yaml
 
 import timm
+from timm.models import load_checkpoint
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import update_summary
@@ -181,9 +185,24 @@ def _input_normalisation(model: torch.nn.Module, in_chans: int, plain: bool, dev
     return mean.reshape(1, -1, 1, 1).to(device), std.reshape(1, -1, 1, 1).to(device)
 
 
+def _load_initial_checkpoint(model: torch.nn.Module, path, model_name: str) -> None:
+    """timm's `load_checkpoint` (safetensors, or the `state_dict` of a train.py / train_capsnet checkpoint), strict,
+    with errors that name the file."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f'--initial-checkpoint {path} does not exist.')
+    try:
+        load_checkpoint(model, str(path), strict=True)
+    except Exception as e:
+        raise ValueError(f'--initial-checkpoint {path} does not hold weights of {model_name} as built here '
+                         f'({type(e).__name__}: {str(e)[:500]}).') from e
+
+
 def train(args) -> dict:
     """Runs the whole schedule; returns the last epoch's metrics."""
     t_start = time.time()
+    initial = getattr(args, 'initial_checkpoint', None)
+    if initial and getattr(args, 'pretrained', False):
+        raise ValueError(f'--pretrained and --initial-checkpoint {initial}: give one source of starting weights.')
     if getattr(args, 'split_seed', None) is None:  # the hold-out follows --seed unless a split seed is given
         args.split_seed = args.seed
     out = Path(args.output)
@@ -200,7 +219,11 @@ def train(args) -> dict:
     in_chans = train_set.images.shape[-1] if plain else 1
     num_classes = int(max(train_set.labels.max(), val_set.labels.max())) + 1 if plain else 10
     model_kwargs = dict(args.model_kwargs or {})
-    model = timm.create_model(args.model, num_classes=num_classes, in_chans=in_chans, **model_kwargs).to(device)
+    model = timm.create_model(args.model, pretrained=getattr(args, 'pretrained', False), num_classes=num_classes,
+                              in_chans=in_chans, **model_kwargs)
+    if initial:
+        _load_initial_checkpoint(model, initial, args.model)
+    model.to(device)
     mean, std = _input_normalisation(model, in_chans, plain, device)
     if _is_capsule_model(model) and tuple(model.img_size) != (img_size, img_size):
         raise ValueError(f'{args.model} is built for {model.img_size} inputs but the data are {img_size}x{img_size}; '
@@ -400,6 +423,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--dataset', default='mnist_shift', choices=('mnist_shift', 'multimnist', 'plain'),
                         help="plain: the .npz images as they are, with --pad/--hflip augmentation")
     parser.add_argument('--model', default='capsnet_resnet20')
+    parser.add_argument('--pretrained', action='store_true',
+                        help="start from the model's pretrained weights (e.g. --model capsnet_resnet20_lam5.<tag>)")
+    parser.add_argument('--initial-checkpoint', default=None, metavar='PATH',
+                        help='start from these weights: a safetensors file, a train.py or train_capsnet checkpoint')
     parser.add_argument('--model-kwargs', nargs='*', type=_kv, default=None, metavar='KEY=VALUE', action='extend',
                         help='timm.create_model kwargs; repeatable (later keys win), so a wrapper can add its own')
     parser.add_argument('--img-size', type=int, default=None, help='canvas size (40 for mnist_shift, 36 multimnist)')
