@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import timm
+import yaml
 
 import timm_routing  # noqa: F401  registers the models
 from timm_routing.evaluate import main as evaluate_main
@@ -24,7 +25,7 @@ from timm_routing.evaluate import main as evaluate_main
 ROOT = Path(__file__).resolve().parent.parent
 
 EXPANDED = ('capsnet_resnet20.cpu_mnist_shift', 'resnet20.cpu_mnist_shift', 'capsnet.cpu_mnist_shift')
-MULTI = ('capsnet_resnet20_lam5.gpu_multimnist',)
+MULTI = ('capsnet_resnet20_lam5.gpu_multimnist', 'capsnet_resnet20_lam5.cpu_ft_multimnist')
 # (file stem, split, variant, limit); the first-1000 rows are what tests/test_zoo.py recomputes
 EXPANDED_EVALS = (
     ('validation', 'validation', 'mnist_shift', None), ('test', 'test', 'mnist_shift', None),
@@ -73,6 +74,14 @@ def _epochs(tag: str, run: str = '') -> str:
     return f'{len(summary.read_text().strip().splitlines()) - 1} epochs' if summary.exists() else '?'
 
 
+def _started_from(tag: str) -> str:
+    """' continuing `<model>.<tag>`' where the tag's run started from another tag's weights (`--pretrained`)."""
+    args_file = ROOT / 'results' / tag / 'args.yaml'
+    run_args = yaml.safe_load(args_file.read_text()) if args_file.exists() else {}
+    model = run_args.get('model') or ''
+    return f' continuing `{model}`' if run_args.get('pretrained') and '.' in model else ''
+
+
 def _other_seeds(tag: str):
     """The further seeds of a tag's recipe: `results/<tag>/seed*/` folders with a test evaluation (weights not
     shipped; their JSONs name the checkpoint they measured)."""
@@ -108,7 +117,8 @@ def table() -> str:
         test = _load(tag, 'test')
         if test is not None:
             params = sum(p.numel() for p in timm.create_model(tag).parameters()) / 1e6
-            lines.append(f"| `{tag}` (ours, {_epochs(tag)}) | {params:.2f} | {100 - test['top1']:.2f} |")
+            lines.append(f"| `{tag}` (ours, {_epochs(tag)}{_started_from(tag)}) | {params:.2f} | "
+                         f"{100 - test['top1']:.2f} |")
     lines += ['| CapsNet (Sabour et al. 2017; 11.36 M is `capsnet` at 36x36 counted here) | 11.36 | 5.2 |',
               '| Zhao & Huang §4.3 (λ = 5) | 2.2 | 5.2 |']
     return '\n'.join(lines)

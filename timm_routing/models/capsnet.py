@@ -431,6 +431,8 @@ default_cfgs = generate_default_cfgs({
     # weights trained here (python -m timm_routing.train_capsnet; gpu_: on one H200), results/<name>/ the evidence
     **shipped({
         'capsnet_resnet20.cpu_mnist_shift': _cfg(img_size=40),
+        # the default of capsnet_resnet20_lam5 (the first with weights): gpu_multimnist trained on
+        'capsnet_resnet20_lam5.cpu_ft_multimnist': _cfg(img_size=36),
         'capsnet_resnet20_lam5.gpu_multimnist': _cfg(img_size=36),
     }),
 })
