@@ -200,8 +200,8 @@ def _load_initial_checkpoint(model: torch.nn.Module, path, model_name: str) -> N
 def train(args) -> dict:
     """Runs the whole schedule; returns the last epoch's metrics."""
     t_start = time.time()
-    initial = getattr(args, 'initial_checkpoint', None)
-    if initial and getattr(args, 'pretrained', False):
+    initial, pretrained = getattr(args, 'initial_checkpoint', None), getattr(args, 'pretrained', False)
+    if initial and pretrained:
         raise ValueError(f'--pretrained and --initial-checkpoint {initial}: give one source of starting weights.')
     if getattr(args, 'split_seed', None) is None:  # the hold-out follows --seed unless a split seed is given
         args.split_seed = args.seed
@@ -219,8 +219,8 @@ def train(args) -> dict:
     in_chans = train_set.images.shape[-1] if plain else 1
     num_classes = int(max(train_set.labels.max(), val_set.labels.max())) + 1 if plain else 10
     model_kwargs = dict(args.model_kwargs or {})
-    model = timm.create_model(args.model, pretrained=getattr(args, 'pretrained', False), num_classes=num_classes,
-                              in_chans=in_chans, **model_kwargs)
+    model = timm.create_model(args.model, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans,
+                              **model_kwargs)
     if initial:
         _load_initial_checkpoint(model, initial, args.model)
     model.to(device)
