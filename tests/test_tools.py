@@ -188,6 +188,27 @@ def test_evaluate_refuses_another_holdout_than_the_run_trained_with(tiny_npz, tm
     assert evaluate_model(name, tiny_npz, 'test', str(ckpt))['n'] == 12  # the test split is fixed
 
 
+def test_evaluate_names_a_missing_unreadable_or_mismatched_checkpoint(tiny_npz, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+    from timm_routing.evaluate import evaluate_model, main
+    name = 'convnet4_routing.cpu_fmnist'
+    with pytest.raises(FileNotFoundError, match=r'--checkpoint \S*missing\.pth\.tar does not exist'):
+        main(['--model', name, '--npz', str(tiny_npz), '--checkpoint', str(tmp_path / 'missing.pth.tar')])
+    broken = tmp_path / 'broken.safetensors'
+    broken.write_bytes(b'not a safetensors file')
+    with pytest.raises(ValueError, match=r'broken\.safetensors is not a readable checkpoint'):
+        evaluate_model(name, tiny_npz, checkpoint=str(broken))
+    other = tmp_path / 'resnet20.safetensors'
+    save_file(timm.create_model('resnet20').state_dict(), str(other))
+    with pytest.raises(ValueError, match=r'resnet20\.safetensors does not hold weights of convnet4_routing'):
+        evaluate_model(name, tiny_npz, checkpoint=str(other))
+    # the same architecture with another head: a shape mismatch, named as well
+    save_file(timm.create_model(name, num_classes=3).state_dict(), str(other))
+    with pytest.raises(ValueError, match=r'(?s)does not hold weights of .*size mismatch for head\.fc\.weight'):
+        evaluate_model(name, tiny_npz, checkpoint=str(other))
+
+
 def test_evaluate_reads_the_holdout_of_a_run_from_its_args_yaml(tiny_npz, tmp_path):
     import timm
     import yaml

@@ -31,6 +31,7 @@ from timm.utils import ParseKwargs
 from .data import (
     MNIST_VARIANTS, load_affnist_mat, load_npz, make_variant, sha256_file, stratified_holdout, to_pil_array,
 )
+from .models._pretrained import load_weight_file
 
 __all__ = ['load_split', 'model_inputs', 'evaluate_arrays', 'evaluate_model', 'main']
 
@@ -137,13 +138,16 @@ def evaluate_model(model_name: str, npz_path, split: str = 'test', checkpoint: O
     iteration count for a routing head, whose weights are the same (it has none).
 
     Raises:
-        ValueError: `checkpoint` is a `train_capsnet` run whose held-out split differs from `val_size`/`seed` (for the
-            validation and train splits; see `check_holdout_of_checkpoint`).
+        FileNotFoundError: `checkpoint` does not exist.
+        ValueError: `checkpoint` is unreadable or holds weights of another model (`load_weight_file`), or is a
+            `train_capsnet` run whose held-out split differs from `val_size`/`seed` (for the validation and train
+            splits; see `check_holdout_of_checkpoint`).
     """
+    model = timm.create_model(model_name, pretrained=checkpoint is None, **(model_kwargs or {}))
+    if checkpoint is not None:
+        load_weight_file(model, checkpoint, model_name, '--checkpoint')
     if not str(npz_path).endswith('.mat'):
         check_holdout_of_checkpoint(checkpoint, split, val_size, seed)
-    model = timm.create_model(model_name, pretrained=checkpoint is None, checkpoint_path=checkpoint,
-                              **(model_kwargs or {}))
     if str(npz_path).endswith('.mat'):
         images, labels = load_affnist_mat(npz_path)
         images, labels = (images[:limit], labels[:limit]) if limit is not None else (images, labels)

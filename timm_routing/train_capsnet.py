@@ -48,13 +48,13 @@ import torch.nn.functional as F
 import yaml
 
 import timm
-from timm.models import load_checkpoint
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import update_summary
 
 from .data import ArrayDataset, ExpandedMnist, MultiMnist, load_npz, make_variant, stratified_holdout
 from .loss import CapsuleLoss
+from .models._pretrained import load_weight_file
 
 __all__ = ['main', 'parse_args', 'load_config', 'train', 'evaluate_accuracy', 'pad_crop_flip']
 
@@ -185,18 +185,6 @@ def _input_normalisation(model: torch.nn.Module, in_chans: int, plain: bool, dev
     return mean.reshape(1, -1, 1, 1).to(device), std.reshape(1, -1, 1, 1).to(device)
 
 
-def _load_initial_checkpoint(model: torch.nn.Module, path, model_name: str) -> None:
-    """timm's `load_checkpoint` (safetensors, or the `state_dict` of a train.py / train_capsnet checkpoint), strict,
-    with errors that name the file."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f'--initial-checkpoint {path} does not exist.')
-    try:
-        load_checkpoint(model, str(path), strict=True)
-    except Exception as e:
-        raise ValueError(f'--initial-checkpoint {path} does not hold weights of {model_name} as built here '
-                         f'({type(e).__name__}: {str(e)[:500]}).') from e
-
-
 def train(args) -> dict:
     """Runs the whole schedule; returns the last epoch's metrics."""
     t_start = time.time()
@@ -222,7 +210,7 @@ def train(args) -> dict:
     model = timm.create_model(args.model, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans,
                               **model_kwargs)
     if initial:
-        _load_initial_checkpoint(model, initial, args.model)
+        load_weight_file(model, initial, args.model, '--initial-checkpoint')
     model.to(device)
     mean, std = _input_normalisation(model, in_chans, plain, device)
     if _is_capsule_model(model) and tuple(model.img_size) != (img_size, img_size):

@@ -6,6 +6,8 @@ pretrained cfg's `file`, so `pretrained=True` works offline) and names the Hub r
 
 `build_routing_model` is timm's `build_model_with_cfg` plus two checks, so that a bad weight file fails with its path
 and the reason: the file must be a readable safetensors / torch checkpoint, and its tensor names must be the model's.
+`load_weight_file` does the same for a file given on a command line (`evaluate --checkpoint`, `train_capsnet
+--initial-checkpoint`).
 """
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -13,10 +15,13 @@ from typing import Any, Dict, Optional
 import torch
 import torch.nn as nn
 
-from timm.models import build_model_with_cfg
+from timm.models import build_model_with_cfg, load_state_dict
 from timm.models._builder import _resolve_pretrained_source, resolve_pretrained_cfg
 
-__all__ = ['PRETRAINED_DIR', 'HUB_ORG', 'shipped', 'keep_default_tag', 'checkpoint_filter_fn', 'build_routing_model']
+__all__ = [
+    'PRETRAINED_DIR', 'HUB_ORG', 'shipped', 'keep_default_tag', 'checkpoint_filter_fn', 'build_routing_model',
+    'load_weight_file',
+]
 
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / 'pretrained'
 HUB_ORG = 'timm-routing'
@@ -63,6 +68,33 @@ def _check_weight_file(path: str, variant: str) -> None:
             torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
         raise ValueError(f'Pretrained weights of {variant}: {path} is not a readable checkpoint ({e}).') from e
+
+
+def load_weight_file(model: nn.Module, path, model_name: str, option: str = 'checkpoint') -> None:
+    """Loads a weight file into `model` strictly, as timm's `load_checkpoint` does (safetensors, or the `state_dict`
+    of a train.py / train_capsnet checkpoint), with errors that name `option` and the file.
+
+    Args:
+        model: The model, built as the file's weights expect (classes, input channels, model kwargs).
+        path: The weight file.
+        model_name: The name the errors give the model.
+        option: What the errors call the file, e.g. the command-line option that named it.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: `path` is not a readable checkpoint, or its tensors are not `model`'s (names or shapes).
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f'{option} {path} does not exist.')
+    try:
+        state_dict = load_state_dict(str(path))
+    except Exception as e:
+        raise ValueError(f'{option} {path} is not a readable checkpoint ({type(e).__name__}: {str(e)[:500]}).') from e
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f'{option} {path} does not hold weights of {model_name} as built here '
+                         f'({type(e).__name__}: {str(e)[:500]}).') from e
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
