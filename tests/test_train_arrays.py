@@ -1,6 +1,7 @@
 """The in-memory training entry on plain image arrays (`--dataset plain`): He et al.'s pad-crop-flip augmentation on
 the device, RGB data, the model's normalisation, the time-budget fitting of the schedule, and `-c` recipes."""
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,16 @@ def test_split_seed_holds_out_one_validation_set_across_training_seeds(rgb_npz, 
         check_holdout_of_checkpoint(str(out / weights), 'validation', val_size=40, seed=0)
         with pytest.raises(ValueError, match='holding out the split of seed 0'):
             check_holdout_of_checkpoint(str(out / weights), 'validation', val_size=40, seed=1)
+    # safetensors files moved out of the run folder (no args.yaml beside them) carry the hold-out in their metadata
+    moved = tmp_path / 'moved'
+    moved.mkdir()
+    for weights in ('model_last.safetensors', 'model_best.safetensors'):
+        shutil.copy(out / weights, moved / weights)
+        check_holdout_of_checkpoint(str(moved / weights), 'validation', val_size=40, seed=0)
+        with pytest.raises(ValueError, match=r'holding out the split of seed 0 \(--val-size 40\)'):
+            check_holdout_of_checkpoint(str(moved / weights), 'train', val_size=40, seed=1)
+        with pytest.raises(ValueError, match='--val-size 40'):
+            check_holdout_of_checkpoint(str(moved / weights), 'validation', val_size=50, seed=0)
 
 
 RECIPES = Path(__file__).resolve().parent.parent / 'scripts' / 'recipes'

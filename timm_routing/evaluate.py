@@ -90,13 +90,17 @@ def evaluate_arrays(model: torch.nn.Module, images: np.ndarray, labels: np.ndarr
 
 def _train_capsnet_args(checkpoint: str) -> Optional[Dict[str, Any]]:
     """The arguments of the `train_capsnet` run that wrote `checkpoint`: its `args.yaml` when the file still lies in
-    the run's folder (any weight format, no second read of the weights), else the `args` a `.pth.tar` carries; None
-    for anything else (timm train.py runs, whose `args.yaml` names no `npz`, and bare safetensors files)."""
+    the run's folder (any weight format, no second read of the weights), else the `args` a `.pth.tar` carries or the
+    hold-out a `train_capsnet` safetensors file records in its metadata; None for anything else (timm train.py runs,
+    whose `args.yaml` names no `npz`, and safetensors files without that metadata)."""
     args_file = Path(checkpoint).with_name('args.yaml')
     if args_file.is_file():
         run_args = yaml.safe_load(args_file.read_text())
     elif str(checkpoint).endswith('.safetensors'):
-        return None
+        from safetensors import safe_open
+        with safe_open(str(checkpoint), framework='pt') as f:
+            recorded = (f.metadata() or {}).get('train_capsnet')  # train_capsnet's _holdout_metadata
+        run_args = json.loads(recorded) if recorded else None
     else:
         try:
             state = torch.load(checkpoint, map_location='cpu', weights_only=True)
@@ -112,9 +116,10 @@ def check_holdout_of_checkpoint(checkpoint: Optional[str], split: str, val_size:
     """Raises a ValueError when `checkpoint` is a `train_capsnet` run that held out another validation split than
     `val_size` and `seed` select: its `--split-seed` (by default its `--seed`) draws the held-out images, so scoring a
     seed-1 run on seed 0's validation split would count images it trained on. The run is recognised by the `args.yaml`
-    beside the file (so its `model_last.safetensors` is checked too) or by the args inside a `.pth.tar`. Test splits,
-    timm train.py checkpoints (whose split was made when the ImageFolder was exported) and safetensors files moved out
-    of their run folder are not checked."""
+    beside the file, by the args inside a `.pth.tar` or by the metadata of its safetensors files (so a
+    `model_last.safetensors` moved out of its run folder is checked too). Test splits, timm train.py checkpoints
+    (whose split was made when the ImageFolder was exported) and safetensors files without that metadata (written
+    before it existed, or by other tools) are not checked."""
     if checkpoint is None or split == 'test':
         return
     run_args = _train_capsnet_args(checkpoint)

@@ -37,6 +37,7 @@ epoch), `model_best.safetensors` and `model_last.safetensors`.
 """
 import argparse
 import contextlib
+import json
 import logging
 import sys
 import time
@@ -185,6 +186,12 @@ def _input_normalisation(model: torch.nn.Module, in_chans: int, plain: bool, dev
     return mean.reshape(1, -1, 1, 1).to(device), std.reshape(1, -1, 1, 1).to(device)
 
 
+def _holdout_metadata(args) -> dict:
+    """safetensors metadata naming the validation hold-out of the run (`evaluate`'s hold-out check reads it)."""
+    keys = ('npz', 'dataset', 'val_size', 'seed', 'split_seed')
+    return {'train_capsnet': json.dumps({k: getattr(args, k, None) for k in keys}, default=str)}
+
+
 def train(args) -> dict:
     """Runs the whole schedule; returns the last epoch's metrics."""
     t_start = time.time()
@@ -294,10 +301,11 @@ def train(args) -> dict:
             epoch, dict(loss=train_loss), dict(loss=metrics['loss'], top1=metrics['top1'], top5=metrics['top5']),
             str(out / 'summary.csv'), lr=lr, write_header=epoch == 0)
         state_dict = {k: v.contiguous() for k, v in model.state_dict().items()}
+        holdout = _holdout_metadata(args)  # lets `evaluate` refuse another split when the file leaves its run folder
         if best is None or metrics['top1'] >= best:
             best = metrics['top1']
-            save_file(state_dict, str(out / 'model_best.safetensors'))
-        save_file(state_dict, str(out / 'model_last.safetensors'))
+            save_file(state_dict, str(out / 'model_best.safetensors'), metadata=holdout)
+        save_file(state_dict, str(out / 'model_last.safetensors'), metadata=holdout)
         epoch_time = time.time() - t0
         _logger.info(f'epoch {epoch}: train loss {train_loss:.4f}, validation top-1 {metrics["top1"]:.2f} '
                      f'({epoch_time:.1f} s)')
