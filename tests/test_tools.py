@@ -209,6 +209,19 @@ def test_evaluate_names_a_missing_unreadable_or_mismatched_checkpoint(tiny_npz, 
         evaluate_model(name, tiny_npz, checkpoint=str(other))
 
 
+@pytest.mark.parametrize('limit', [0, -3, 2.5, True])
+def test_evaluate_refuses_a_limit_that_is_not_a_positive_count(tiny_npz, limit):
+    from timm_routing.evaluate import evaluate_model
+    with pytest.raises(ValueError, match=f'limit must be a positive number of images, got {limit!r}'):
+        evaluate_model('convnet4_routing.cpu_fmnist', tiny_npz, limit=limit)
+
+
+def test_evaluate_names_an_empty_split(tiny_npz):
+    from timm_routing.evaluate import evaluate_model
+    with pytest.raises(ValueError, match=r'validation split of \S*tiny\S*\.npz has no images \(--val-size 0\)'):
+        evaluate_model('convnet4_routing.cpu_fmnist', tiny_npz, 'validation', val_size=0)
+
+
 def test_evaluate_reads_the_holdout_of_a_run_from_its_args_yaml(tiny_npz, tmp_path):
     import timm
     import yaml

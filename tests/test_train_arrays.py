@@ -123,6 +123,25 @@ def test_split_seed_holds_out_one_validation_set_across_training_seeds(rgb_npz, 
             check_holdout_of_checkpoint(str(moved / weights), 'validation', val_size=50, seed=0)
 
 
+@pytest.mark.parametrize('option, value, match', [
+    ('--epochs', 0, '--epochs must be an integer >= 1, got 0'),
+    ('--batch-size', 0, '--batch-size must be an integer >= 1, got 0'),
+    ('--val-size', 0, '--val-size must be an integer >= 1, got 0'),
+    ('--limit', 0, '--limit must be an integer >= 1, got 0'),
+    ('--train-pairs', -2, '--train-pairs must be an integer >= 1, got -2'),
+    ('--pad', -1, '--pad must be an integer >= 0, got -1'),
+    ('--time-budget', -5, '--time-budget must be a positive number of seconds, got -5.0'),
+    ('--hflip', 1.5, r'--hflip is a probability in \[0, 1\], got 1.5'),
+    ('--recon-weight', -1, '--recon-weight must be >= 0, got -1.0'),
+])
+def test_options_that_cannot_be_meant_are_refused_before_training(rgb_npz, tmp_path, option, value, match):
+    out = tmp_path / 'run'
+    with pytest.raises(ValueError, match=match):
+        main([str(a) for a in ['--npz', rgb_npz, '--dataset', 'plain', '--model', 'resnet20', '--val-size', 40,
+                               '--epochs', 1, '--output', out, option, value]])
+    assert not out.exists()  # refused before the run folder is made
+
+
 RECIPES = Path(__file__).resolve().parent.parent / 'scripts' / 'recipes'
 RESULTS = Path(__file__).resolve().parent.parent / 'results'
 # train_capsnet recipes: the shipped tags whose recorded run is this entry's (its args.yaml has `npz`)

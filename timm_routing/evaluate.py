@@ -144,10 +144,13 @@ def evaluate_model(model_name: str, npz_path, split: str = 'test', checkpoint: O
 
     Raises:
         FileNotFoundError: `checkpoint` does not exist.
-        ValueError: `checkpoint` is unreadable or holds weights of another model (`load_weight_file`), or is a
+        ValueError: `limit` is not a positive int; the split is empty (a validation split of `val_size` 0);
+            `checkpoint` is unreadable or holds weights of another model (`load_weight_file`), or is a
             `train_capsnet` run whose held-out split differs from `val_size`/`seed` (for the validation and train
             splits; see `check_holdout_of_checkpoint`).
     """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f'limit must be a positive number of images, got {limit!r}.')
     model = timm.create_model(model_name, pretrained=checkpoint is None, **(model_kwargs or {}))
     if checkpoint is not None:
         load_weight_file(model, checkpoint, model_name, '--checkpoint')
@@ -158,6 +161,8 @@ def evaluate_model(model_name: str, npz_path, split: str = 'test', checkpoint: O
         images, labels = (images[:limit], labels[:limit]) if limit is not None else (images, labels)
     else:
         images, labels = load_split(npz_path, split, val_size, seed, limit)
+    if len(images) == 0:
+        raise ValueError(f'The {split} split of {npz_path} has no images (--val-size {val_size}).')
     if variant is not None:
         size = model.pretrained_cfg['input_size'][-1]
         images, labels = make_variant(images, labels, variant, split, seed, size, num_pairs)

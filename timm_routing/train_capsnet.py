@@ -192,9 +192,38 @@ def _holdout_metadata(args) -> dict:
     return {'train_capsnet': json.dumps({k: getattr(args, k, None) for k in keys}, default=str)}
 
 
+# options that count something: (option, smallest value, may be None)
+_COUNT_OPTIONS = (
+    ('epochs', 1, False), ('batch_size', 1, False), ('val_size', 1, False), ('limit', 1, True),
+    ('train_pairs', 1, True), ('val_pairs', 1, True), ('img_size', 1, True), ('pad', 0, False),
+    ('warmup_epochs', 0, False), ('log_interval', 0, False),
+)
+
+
+def _check_options(args) -> None:
+    """Raises a ValueError naming the first option whose value cannot be meant (a count below its minimum, a
+    non-positive time budget, a flip probability outside [0, 1], a negative reconstruction weight)."""
+    for name, least, optional in _COUNT_OPTIONS:
+        value = getattr(args, name, None)
+        if value is None and (optional or not hasattr(args, name)):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f'--{name.replace("_", "-")} must be an integer >= {least}, got {value!r}.')
+    budget = getattr(args, 'time_budget', None)
+    if budget is not None and not budget > 0:
+        raise ValueError(f'--time-budget must be a positive number of seconds, got {budget!r}.')
+    hflip = getattr(args, 'hflip', 0.)
+    if not 0. <= hflip <= 1.:
+        raise ValueError(f'--hflip is a probability in [0, 1], got {hflip!r}.')
+    recon = getattr(args, 'recon_weight', 0.)
+    if not recon >= 0.:
+        raise ValueError(f'--recon-weight must be >= 0, got {recon!r}.')
+
+
 def train(args) -> dict:
     """Runs the whole schedule; returns the last epoch's metrics."""
     t_start = time.time()
+    _check_options(args)
     initial, pretrained = getattr(args, 'initial_checkpoint', None), getattr(args, 'pretrained', False)
     if initial and pretrained:
         raise ValueError(f'--pretrained and --initial-checkpoint {initial}: give one source of starting weights.')
