@@ -74,6 +74,13 @@ def _epochs(tag: str, run: str = '') -> str:
     return f'{len(summary.read_text().strip().splitlines()) - 1} epochs' if summary.exists() else '?'
 
 
+def _precision(tag: str, run: str = '') -> str:
+    """'; bfloat16 autocast' for a run trained with `--amp --amp-dtype bfloat16` (its args.yaml), else ''."""
+    args_file = ROOT / 'results' / tag / run / 'args.yaml'
+    run_args = yaml.safe_load(args_file.read_text()) if args_file.exists() else {}
+    return f"; {run_args.get('amp_dtype')} autocast" if run_args.get('amp') else ''
+
+
 def _started_from(tag: str) -> str:
     """' continuing `<model>.<tag>`' where the tag's run started from another tag's weights (`--pretrained`)."""
     args_file = ROOT / 'results' / tag / 'args.yaml'
@@ -99,8 +106,8 @@ def table() -> str:
             continue
         params = sum(p.numel() for p in timm.create_model(MODEL_OF.get(tag, tag)).parameters()) / 1e6
         for run in runs:
-            label = f'`{tag}`, `{run}` (ours, {_epochs(tag, run)}; weights not shipped)' if run else \
-                f'`{tag}` (ours, {_epochs(tag)})'
+            label = f'`{tag}`, `{run}` (ours, {_epochs(tag, run)}{_precision(tag, run)}; weights not shipped)' if run \
+                else f'`{tag}` (ours, {_epochs(tag)}{_precision(tag)})'
             cells = ['-' if v is None else f'{v:.2f}' for v in errors[run]]
             lines.append(f'| {label} | {params:.2f} | ' + ' | '.join(cells) + ' |')
         if len(runs) > 1:
