@@ -162,7 +162,8 @@ def evaluate_model(model_name: str, npz_path, split: str = 'test', checkpoint: O
     else:
         images, labels = load_split(npz_path, split, val_size, seed, limit)
     if len(images) == 0:
-        raise ValueError(f'The {split} split of {npz_path} has no images (--val-size {val_size}).')
+        why = f' (--val-size {val_size})' if split == 'validation' else ''
+        raise ValueError(f'The {split} split of {npz_path} has no images{why}.')
     if variant is not None:
         size = model.pretrained_cfg['input_size'][-1]
         images, labels = make_variant(images, labels, variant, split, seed, size, num_pairs)
