@@ -74,17 +74,21 @@ def _epochs(tag: str, run: str = '') -> str:
     return f'{len(summary.read_text().strip().splitlines()) - 1} epochs' if summary.exists() else '?'
 
 
+def _run_args(tag: str, run: str = '') -> dict:
+    """The recorded `args.yaml` of a tag's run (or of its further seed `run`); empty where there is none."""
+    args_file = ROOT / 'results' / tag / run / 'args.yaml'
+    return yaml.safe_load(args_file.read_text()) if args_file.exists() else {}
+
+
 def _precision(tag: str, run: str = '') -> str:
     """'; bfloat16 autocast' for a run trained with `--amp --amp-dtype bfloat16` (its args.yaml), else ''."""
-    args_file = ROOT / 'results' / tag / run / 'args.yaml'
-    run_args = yaml.safe_load(args_file.read_text()) if args_file.exists() else {}
+    run_args = _run_args(tag, run)
     return f"; {run_args.get('amp_dtype')} autocast" if run_args.get('amp') else ''
 
 
 def _started_from(tag: str) -> str:
     """' continuing `<model>.<tag>`' where the tag's run started from another tag's weights (`--pretrained`)."""
-    args_file = ROOT / 'results' / tag / 'args.yaml'
-    run_args = yaml.safe_load(args_file.read_text()) if args_file.exists() else {}
+    run_args = _run_args(tag)
     model = run_args.get('model') or ''
     return f' continuing `{model}`' if run_args.get('pretrained') and '.' in model else ''
 

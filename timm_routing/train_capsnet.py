@@ -291,6 +291,7 @@ def train(args) -> dict:
     _write_args(out, args)
     from safetensors.torch import save_file
     metrics = {}
+    holdout = _holdout_metadata(args)  # lets `evaluate` refuse another split when a weight file leaves its run folder
     epoch = start_epoch
     while epoch < num_epochs:
         if hasattr(train_set, 'set_epoch'):
@@ -330,7 +331,6 @@ def train(args) -> dict:
             epoch, dict(loss=train_loss), dict(loss=metrics['loss'], top1=metrics['top1'], top5=metrics['top5']),
             str(out / 'summary.csv'), lr=lr, write_header=epoch == 0)
         state_dict = {k: v.contiguous() for k, v in model.state_dict().items()}
-        holdout = _holdout_metadata(args)  # lets `evaluate` refuse another split when the file leaves its run folder
         if best is None or metrics['top1'] >= best:
             best = metrics['top1']
             save_file(state_dict, str(out / 'model_best.safetensors'), metadata=holdout)
