@@ -51,9 +51,10 @@ def test_corrupt_weight_file_names_the_file(tmp_path):
     tag = SHIPPED[0]
     bad = tmp_path / 'broken.safetensors'
     bad.write_bytes(b'not a safetensors file')
-    with pytest.raises(ValueError, match=r'broken\.safetensors is not a readable checkpoint'):
+    unreadable = rf'Pretrained weights of {re.escape(tag)}: \S*broken\.safetensors is not a readable checkpoint'
+    with pytest.raises(ValueError, match=unreadable):
         timm.create_model(tag, pretrained=True, pretrained_cfg_overlay=dict(file=str(bad)))
-    with pytest.raises(FileNotFoundError, match=r'missing\.safetensors does not exist'):
+    with pytest.raises(FileNotFoundError, match=r'Pretrained weights of \S+: \S*missing\.safetensors does not exist'):
         timm.create_model(tag, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / 'missing.safetensors')))
 
 

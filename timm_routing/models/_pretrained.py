@@ -7,7 +7,7 @@ pretrained cfg's `file`, so `pretrained=True` works offline) and names the Hub r
 `build_routing_model` is timm's `build_model_with_cfg` plus two checks, so that a bad weight file fails with its path
 and the reason: the file must be a readable safetensors / torch checkpoint, and its tensor names must be the model's.
 `load_weight_file` does the same for a file given on a command line (`evaluate --checkpoint`, `train_capsnet
---initial-checkpoint`).
+--initial-checkpoint`); both read files through `_read_weight_file`, whose errors start with what the file is.
 """
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -56,18 +56,31 @@ def keep_default_tag(default_cfgs: Dict[str, Any], architecture: str, tag: str =
     tags.appendleft(tag)
 
 
-def _check_weight_file(path: str, variant: str) -> None:
+def _read_weight_file(path, label: str, header_only: bool = False) -> Optional[Dict[str, Any]]:
+    """Reads a weight file as timm's `load_state_dict` does, with errors that start with `label` and name the file.
+
+    Args:
+        path: The weight file.
+        label: What the errors call the file, e.g. a command-line option or "Pretrained weights of <model>:".
+        header_only: For a safetensors file, only read its header (timm reads the tensors itself afterwards) and
+            return None.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: `path` is not a readable checkpoint.
+    """
+    path = str(path)
     if not Path(path).is_file():
-        raise FileNotFoundError(f'Pretrained weights of {variant} not found: {path} does not exist.')
+        raise FileNotFoundError(f'{label} {path} does not exist.')
     try:
-        if path.endswith('.safetensors'):
+        if header_only and path.endswith('.safetensors'):
             from safetensors import safe_open
             with safe_open(path, framework='pt') as f:
                 f.keys()
-        else:
-            torch.load(path, map_location='cpu', weights_only=True)
+            return None
+        return load_state_dict(path)
     except Exception as e:
-        raise ValueError(f'Pretrained weights of {variant}: {path} is not a readable checkpoint ({e}).') from e
+        raise ValueError(f'{label} {path} is not a readable checkpoint ({type(e).__name__}: {str(e)[:500]}).') from e
 
 
 def load_weight_file(model: nn.Module, path, model_name: str, option: str = 'checkpoint') -> None:
@@ -84,12 +97,7 @@ def load_weight_file(model: nn.Module, path, model_name: str, option: str = 'che
         FileNotFoundError: `path` does not exist.
         ValueError: `path` is not a readable checkpoint, or its tensors are not `model`'s (names or shapes).
     """
-    if not Path(path).is_file():
-        raise FileNotFoundError(f'{option} {path} does not exist.')
-    try:
-        state_dict = load_state_dict(str(path))
-    except Exception as e:
-        raise ValueError(f'{option} {path} is not a readable checkpoint ({type(e).__name__}: {str(e)[:500]}).') from e
+    state_dict = _read_weight_file(path, option)
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
@@ -142,7 +150,8 @@ def build_routing_model(
             pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
         load_from, location = _resolve_pretrained_source(cfg.to_dict())
         if load_from == 'file':
-            _check_weight_file(str(location), variant)
+            name = f'{cfg.architecture or variant}.{cfg.tag}' if cfg.tag else variant
+            _read_weight_file(location, f'Pretrained weights of {name}:', header_only=True)
     return build_model_with_cfg(
         model_cls, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn if filter_fn is None else
