@@ -95,7 +95,7 @@ def _started_from(tag: str) -> str:
 
 def _other_seeds(tag: str):
     """The further seeds of a tag's recipe: `results/<tag>/seed*/` folders with a test evaluation (weights not
-    shipped; their JSONs name the checkpoint they measured)."""
+    shipped; their JSONs name the checkpoint they measured), e.g. `seed2`, or `seed0_20ep` for a longer schedule."""
     return sorted(d.name for d in (ROOT / 'results' / tag).glob('seed*') if (d / 'eval_test.json').exists())
 
 
@@ -114,13 +114,19 @@ def table() -> str:
                 else f'`{tag}` (ours, {_epochs(tag)}{_precision(tag)})'
             cells = ['-' if v is None else f'{v:.2f}' for v in errors[run]]
             lines.append(f'| {label} | {params:.2f} | ' + ' | '.join(cells) + ' |')
-        if len(runs) > 1:
+        schedules = {}  # a mean over the seeds of each schedule length (e.g. `seed0_20ep` beside 10-epoch seeds)
+        for run in runs:
+            schedules.setdefault(_epochs(tag, run), []).append(run)
+        for epochs, group in schedules.items():
+            if len(group) < 2:
+                continue
             cells = []
             for i in range(len(stems)):
-                values = [errors[run][i] for run in runs if errors[run][i] is not None]
+                values = [errors[run][i] for run in group if errors[run][i] is not None]
                 cells.append(f'{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}' if len(values) > 1
                              else '-')
-            lines.append(f'| `{tag}`, mean ± sd of {len(runs)} seeds | {params:.2f} | ' + ' | '.join(cells) + ' |')
+            lines.append(f'| `{tag}`, mean ± sd of {len(group)} seeds ({epochs}) | {params:.2f} | '
+                         + ' | '.join(cells) + ' |')
     for name, (mnist, aff, params) in PAPER.items():
         lines.append(f'| {name} | {params} | {mnist} | - | {aff} (real affNIST) |')
     lines += ['', '| model | params (M) | MultiMNIST error (%) |', '|---|---|---|']
