@@ -109,15 +109,15 @@ def table() -> str:
         if errors[''][0] is None:
             continue
         params = sum(p.numel() for p in timm.create_model(MODEL_OF.get(tag, tag)).parameters()) / 1e6
-        for run in runs:
-            label = f'`{tag}`, `{run}` (ours, {_epochs(tag, run)}{_precision(tag, run)}; weights not shipped)' if run \
-                else f'`{tag}` (ours, {_epochs(tag)}{_precision(tag)})'
-            cells = ['-' if v is None else f'{v:.2f}' for v in errors[run]]
-            lines.append(f'| {label} | {params:.2f} | ' + ' | '.join(cells) + ' |')
-        schedules = {}  # a mean over the seeds of each schedule length (e.g. `seed0_20ep` beside 10-epoch seeds)
+        schedules = {}  # the shipped run's schedule first, each with its seeds (e.g. `seed0_20ep` for 20 epochs)
         for run in runs:
             schedules.setdefault(_epochs(tag, run), []).append(run)
         for epochs, group in schedules.items():
+            for run in group:
+                label = f'`{tag}`, `{run}` (ours, {epochs}{_precision(tag, run)}; weights not shipped)' if run \
+                    else f'`{tag}` (ours, {epochs}{_precision(tag)})'
+                cells = ['-' if v is None else f'{v:.2f}' for v in errors[run]]
+                lines.append(f'| {label} | {params:.2f} | ' + ' | '.join(cells) + ' |')
             if len(group) < 2:
                 continue
             cells = []
