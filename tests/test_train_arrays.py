@@ -318,3 +318,28 @@ def test_bad_starting_weights_name_the_file(rgb_npz, tmp_path):
         _parameters_after_a_still_epoch(rgb_npz, tmp_path / 'b', '--initial-checkpoint', other)
     with pytest.raises(ValueError, match='--pretrained and --initial-checkpoint'):
         _parameters_after_a_still_epoch(rgb_npz, tmp_path / 'c', '--pretrained', '--initial-checkpoint', other)
+
+
+def test_a_run_stopped_while_saving_resumes_from_its_last_whole_epoch(rgb_npz, tmp_path, monkeypatch):
+    import timm_routing.train_capsnet as train_capsnet
+    out = tmp_path / 'run'
+    args = ['--npz', rgb_npz, '--dataset', 'plain', '--model', 'resnet20', '--val-size', 40, '--batch-size', 40,
+            '--opt', 'momentum', '--lr', 0.05, '--log-interval', 0, '--output', out]
+    assert main([str(a) for a in args + ['--epochs', 1]]) == 0
+    first = torch.load(out / 'last.pth.tar', weights_only=False)
+
+    def stopped_while_writing(obj, path):
+        Path(path).write_bytes(b'half a checkpoint')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_capsnet.torch, 'save', stopped_while_writing)
+    with pytest.raises(KeyboardInterrupt):  # stopped in epoch 1's checkpoint, after its summary row
+        main([str(a) for a in args + ['--epochs', 3, '--resume']])
+    monkeypatch.undo()
+    assert [r['epoch'] for r in csv.DictReader(open(out / 'summary.csv'))] == ['0', '1']
+    kept = torch.load(out / 'last.pth.tar', weights_only=False)
+    assert kept['epoch'] == 0 and all(torch.equal(kept['state_dict'][k], v) for k, v in first['state_dict'].items())
+
+    assert main([str(a) for a in args + ['--epochs', 3, '--resume']]) == 0
+    assert [r['epoch'] for r in csv.DictReader(open(out / 'summary.csv'))] == ['0', '1', '2']
+    assert torch.load(out / 'last.pth.tar', weights_only=False)['epoch'] == 2

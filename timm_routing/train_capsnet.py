@@ -33,12 +33,16 @@ with timm's stem and classifier adaptation where the data differ) or from a weig
 safetensors file, or a train.py or train_capsnet checkpoint), e.g. to continue a finished schedule with a new one.
 Everything else comes from timm: `create_model`, `create_optimizer_v2`, `create_scheduler_v2`, `update_summary`.
 Outputs in `--output`: `summary.csv` (train.py's columns), `args.yaml`, `last.pth.tar` (resumable, written every
-epoch), `model_best.safetensors` and `model_last.safetensors`.
+epoch), `model_best.safetensors` and `model_last.safetensors`. Each weight file is written under a temporary name and
+renamed, so a run stopped at any moment resumes (`--resume`) from its last whole epoch, and the summary rows of the
+epochs it trains again are replaced, not repeated.
 """
 import argparse
 import contextlib
+import csv
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -186,6 +190,31 @@ def _input_normalisation(model: torch.nn.Module, in_chans: int, plain: bool, dev
     return mean.reshape(1, -1, 1, 1).to(device), std.reshape(1, -1, 1, 1).to(device)
 
 
+def _save_atomically(save, path: Path) -> None:
+    """Writes `path` through `save(temporary path)` and a rename, so that a run stopped while saving keeps the
+    previous file whole for `--resume`."""
+    partial = path.with_name(path.name + '.partial')
+    save(partial)
+    os.replace(partial, path)
+
+
+def _drop_summary_rows_from(path: Path, epoch: int) -> None:
+    """Removes the rows of `epoch` and later from a summary.csv: a run stopped after writing an epoch's row but before
+    its checkpoint trains that epoch again on `--resume`, which would otherwise write the row twice."""
+    if not path.exists():
+        return
+    with open(path, newline='') as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, list(reader)
+    kept = [row for row in rows if int(row['epoch']) < epoch]
+    if len(kept) < len(rows):
+        _logger.info(f'--resume from epoch {epoch}: dropping {len(rows) - len(kept)} later row(s) of {path}')
+        with open(path, 'w', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(kept)
+
+
 def _holdout_metadata(args) -> dict:
     """safetensors metadata naming the validation hold-out of the run (`evaluate`'s hold-out check reads it)."""
     keys = ('npz', 'dataset', 'val_size', 'seed', 'split_seed')
@@ -283,6 +312,7 @@ def train(args) -> dict:
         if scaler is not None and state.get('scaler'):
             scaler.load_state_dict(state['scaler'])
         start_epoch, best = state['epoch'] + 1, state.get('best')
+        _drop_summary_rows_from(out / 'summary.csv', start_epoch)
         torch.set_rng_state(state['rng'])
         if state.get('fitted'):  # a schedule shortened by --time-budget stays shortened
             num_epochs, milestones = state['fitted']
@@ -333,8 +363,8 @@ def train(args) -> dict:
         state_dict = {k: v.contiguous() for k, v in model.state_dict().items()}
         if best is None or metrics['top1'] >= best:
             best = metrics['top1']
-            save_file(state_dict, str(out / 'model_best.safetensors'), metadata=holdout)
-        save_file(state_dict, str(out / 'model_last.safetensors'), metadata=holdout)
+            _save_atomically(lambda p: save_file(state_dict, str(p), metadata=holdout), out / 'model_best.safetensors')
+        _save_atomically(lambda p: save_file(state_dict, str(p), metadata=holdout), out / 'model_last.safetensors')
         epoch_time = time.time() - t0
         _logger.info(f'epoch {epoch}: train loss {train_loss:.4f}, validation top-1 {metrics["top1"]:.2f} '
                      f'({epoch_time:.1f} s)')
@@ -350,10 +380,11 @@ def train(args) -> dict:
                 _write_args(out, args)
                 _logger.info(f'--time-budget {args.time_budget:.0f} s: schedule shortened to {num_epochs} epochs '
                              f'(milestones {milestones}) at {epoch_time:.1f} s per epoch')
-        torch.save(dict(state_dict=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch, best=best,
-                        rng=torch.get_rng_state(), args=vars(args), scaler=scaler.state_dict() if scaler else None,
-                        fitted=(num_epochs, milestones) if hasattr(args, 'epochs_fitted') else None),
-                   out / 'last.pth.tar')
+        checkpoint = dict(
+            state_dict=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch, best=best,
+            rng=torch.get_rng_state(), args=vars(args), scaler=scaler.state_dict() if scaler else None,
+            fitted=(num_epochs, milestones) if hasattr(args, 'epochs_fitted') else None)
+        _save_atomically(lambda p: torch.save(checkpoint, p), out / 'last.pth.tar')
         epoch += 1
         # the stop is a safety net behind the fitted schedule, which needs two epochs to be measured
         if args.time_budget and elapsed > 1.1 * args.time_budget and start_epoch + 2 <= epoch < num_epochs:
