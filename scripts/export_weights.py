@@ -21,7 +21,7 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import yaml
@@ -47,10 +47,12 @@ def _run_kind(run: Path, train_args: dict) -> str:
                      '(no dataset and npz).')
 
 
-def _classes_and_channels(run: Path, kind: str, train_args: dict) -> Tuple[int, int]:
-    """The number of classes and input channels the run built its model with."""
-    if kind == 'train.py':
-        return int(train_args['num_classes']), int(train_args.get('in_chans') or 3)
+def _classes_and_channels(run: Path, kind: str, train_args: dict) -> Tuple[Optional[int], int]:
+    """The number of classes (None: the model's default) and input channels the run built its model with."""
+    if kind == 'train.py':  # as train.py builds it: no --num-classes keeps the model's default
+        input_size = train_args.get('input_size')
+        in_chans = train_args.get('in_chans') or (input_size[0] if input_size else 3)
+        return train_args['num_classes'], int(in_chans)
     dataset = train_args['dataset']
     if dataset in MNIST_DATASETS:
         return 10, 1

@@ -96,6 +96,17 @@ def test_a_train_py_run_exports_the_ema_weights_and_epoch_of_its_checkpoint(tmp_
         assert f.metadata() == {'source': 'run/last.pth.tar', 'epoch': '7'}
 
 
+def test_a_train_py_run_without_num_classes_or_in_chans_is_built_as_train_py_built_it(tmp_path):
+    # train.py: no --num-classes keeps the model's default (10 for convnet4, which is grey by default);
+    # --input-size gives the channels
+    run = _fake_run(tmp_path / 'run', dict(model='convnet4_max', num_classes=None, in_chans=None,
+                                           input_size=[3, 32, 32]))
+    weights = _random_state_dict('convnet4_max', 0, in_chans=3)
+    torch.save({'state_dict': weights, 'epoch': 0}, run / 'model_best.pth.tar')
+    shipped = load_file(str(_export(run, 'convnet4_max.x', tmp_path, '--checkpoint', 'model_best')))
+    assert shipped.keys() == weights.keys() and all(torch.equal(shipped[k], weights[k]) for k in weights)
+
+
 def test_bad_runs_and_names_are_refused_with_the_reason(tmp_path):
     run = _fake_run(tmp_path / 'run', dict(model='resnet20', dataset='mnist_shift', npz='absent.npz'))
     with pytest.raises(FileNotFoundError, match='model_last.safetensors'):
