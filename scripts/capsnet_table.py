@@ -7,8 +7,8 @@
 `--evaluate` runs `python -m timm_routing.evaluate` (through its `main`, so each JSON records the exact command) on
 the validation and test splits of every model of the table: the expanded-MNIST models on expanded MNIST, MNIST
 centred in 40x40 and the affNIST-like set (affine maps of the test digits, and of the held-out validation digits: the
-set to choose a recipe on without looking at the test), the MultiMNIST model on MultiMNIST. A model whose weights are not shipped
-(the 13.5 M-parameter CapsNet baseline) is evaluated from its training run with `--checkpoint NAME=FILE`.
+set to choose a recipe on without looking at the test), the MultiMNIST model on MultiMNIST. A model whose weights are
+not shipped (the 13.5 M-parameter CapsNet baseline) is evaluated from its training run with `--checkpoint NAME=FILE`.
 """
 import argparse
 import json

@@ -64,9 +64,8 @@ def _classes_and_channels(run: Path, kind: str, train_args: dict) -> Tuple[Optio
         raise ValueError(f'{run / "args.yaml"}: --dataset plain run on {npz}, which is not here to count its classes '
                          'and channels; pass --num-classes and --in-chans (or run from the folder the run started in).')
     from timm_routing.data import load_npz
-    data = load_npz(str(npz))
-    images = data['x_train']
-    return int(data['y_train'].max()) + 1, int(images.shape[-1]) if images.ndim == 4 else 1
+    data = load_npz(str(npz))  # images (N, H, W, C), checked
+    return int(data['y_train'].max()) + 1, int(data['x_train'].shape[-1])
 
 
 def _weight_file(run: Path, kind: str, checkpoint: str) -> Path:
@@ -114,9 +113,11 @@ def main(argv=None) -> int:
         raise ValueError(
             f'--name {args.name}: the run at {run} trained {train_args.get("model")!r}, not {model_name!r}.')
     kind = _run_kind(run, train_args)
-    counted = _classes_and_channels(run, kind, train_args) if None in (args.num_classes, args.in_chans) else (0, 0)
-    num_classes = counted[0] if args.num_classes is None else args.num_classes
-    in_chans = counted[1] if args.in_chans is None else args.in_chans
+    num_classes, in_chans = args.num_classes, args.in_chans
+    if num_classes is None or in_chans is None:  # what the run built, where the command line does not say
+        run_classes, run_chans = _classes_and_channels(run, kind, train_args)
+        num_classes = run_classes if num_classes is None else num_classes
+        in_chans = run_chans if in_chans is None else in_chans
     model = timm.create_model(model_name, num_classes=num_classes, in_chans=in_chans,
                               **(train_args.get('model_kwargs') or {}))
     source = _weight_file(run, kind, args.checkpoint)
