@@ -31,10 +31,11 @@ from safetensors.torch import save_file
 import timm
 
 import timm_routing  # noqa: F401
+from timm_routing.data import load_npz
 from timm_routing.models._pretrained import PRETRAINED_DIR, load_weight_file
+from timm_routing.train_capsnet import DATASETS, model_classes_and_channels
 
 ROOT = Path(__file__).resolve().parent.parent
-MNIST_DATASETS = ('mnist_shift', 'multimnist')  # train_capsnet's datasets of 1-channel digits in 10 classes
 
 
 def _run_kind(run: Path, train_args: dict) -> str:
@@ -54,18 +55,16 @@ def _classes_and_channels(run: Path, kind: str, train_args: dict) -> Tuple[Optio
         in_chans = train_args.get('in_chans') or (input_size[0] if input_size else 3)
         return train_args['num_classes'], int(in_chans)
     dataset = train_args['dataset']
-    if dataset in MNIST_DATASETS:
-        return 10, 1
-    if dataset != 'plain':
+    if dataset not in DATASETS:
         raise ValueError(f'{run / "args.yaml"}: unknown train_capsnet dataset {dataset!r}; pass --num-classes and '
                          '--in-chans.')
+    if dataset != 'plain':
+        return model_classes_and_channels(dataset)
     npz = Path(train_args['npz'])
     if not npz.is_file():
         raise ValueError(f'{run / "args.yaml"}: --dataset plain run on {npz}, which is not here to count its classes '
                          'and channels; pass --num-classes and --in-chans (or run from the folder the run started in).')
-    from timm_routing.data import load_npz
-    data = load_npz(str(npz))  # images (N, H, W, C), checked
-    return int(data['y_train'].max()) + 1, int(data['x_train'].shape[-1])
+    return model_classes_and_channels(dataset, load_npz(str(npz)))
 
 
 def _weight_file(run: Path, kind: str, checkpoint: str) -> Path:

@@ -89,6 +89,29 @@ def test_time_budget_shortens_the_schedule_after_the_second_epoch(rgb_npz, tmp_p
     assert len(list(csv.DictReader(open(out / 'summary.csv')))) == 2
 
 
+def test_limited_run_builds_the_head_of_the_full_data(rgb_npz, tmp_path):
+    """A --limit run counts classes and channels over all the npz's training images, not only the ones it keeps (with
+    labels sorted, the first images kept are all of class 0), so its weights fit the full run's model."""
+    from safetensors.torch import load_file
+    from timm_routing.data import load_npz
+    from timm_routing.train_capsnet import model_classes_and_channels
+    data = dict(np.load(rgb_npz))
+    order = np.argsort(data['y_train'], kind='stable')
+    data['x_train'], data['y_train'] = data['x_train'][order], data['y_train'][order]
+    sorted_npz = tmp_path / 'sorted.npz'
+    np.savez(sorted_npz, **data)
+    assert model_classes_and_channels('plain', load_npz(str(sorted_npz))) == (4, 3)
+    assert model_classes_and_channels('multimnist') == (10, 1)
+    with pytest.raises(ValueError, match="unknown dataset 'svhn'"):
+        model_classes_and_channels('svhn')
+    out = tmp_path / 'run'
+    args = ['--npz', sorted_npz, '--dataset', 'plain', '--model', 'resnet20', '--val-size', 40, '--limit', 3,
+            '--epochs', 1, '--log-interval', 0, '--output', out]
+    assert main([str(a) for a in args]) == 0
+    weights = load_file(out / 'model_last.safetensors')
+    assert weights['head.fc.weight'].shape == (4, 64) and weights['stem.conv.weight'].shape[1] == 3
+
+
 def test_split_seed_holds_out_one_validation_set_across_training_seeds(rgb_npz, tmp_path):
     import argparse
     from timm_routing.data import load_npz, stratified_holdout
@@ -97,7 +120,7 @@ def test_split_seed_holds_out_one_validation_set_across_training_seeds(rgb_npz, 
     data = load_npz(rgb_npz)
     base = dict(npz=str(rgb_npz), dataset='plain', img_size=None, pad=0, device='cpu', limit=None, val_size=40)
     for seed, split_seed in ((0, 0), (1, 0), (1, 1)):
-        _, val = _build_data(argparse.Namespace(**base, seed=seed, split_seed=split_seed))
+        _, val = _build_data(argparse.Namespace(**base, seed=seed, split_seed=split_seed), data)
         expected = data['x_train'][stratified_holdout(data['y_train'], 40, split_seed)]
         assert np.array_equal(val.images.numpy(), expected)
     out = tmp_path / 'run'

@@ -46,6 +46,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Tuple
 
 import numpy as np
 import torch
@@ -140,8 +141,21 @@ def evaluate_accuracy(model: torch.nn.Module, dataset, batch_size: int = 256, me
     return dict(top1=100. * float(correct1) / n, top5=100. * float(correct5) / n, loss=loss.item() / n, n=n)
 
 
-def _build_data(args):
-    data = load_npz(args.npz)
+DATASETS = ('mnist_shift', 'multimnist', 'plain')
+
+
+def model_classes_and_channels(dataset: str, data=None) -> Tuple[int, int]:
+    """The classes and input channels of the model a run on `dataset` builds: 10 and 1 for the MNIST-derived datasets;
+    for `plain`, counted in `data` (`load_npz`'s dict), over all its training images, so a `--limit` run builds the
+    head of the full one. `scripts/export_weights.py` rebuilds a run's model with it."""
+    if dataset not in DATASETS:
+        raise ValueError(f'unknown dataset {dataset!r}; one of {DATASETS}')
+    if dataset != 'plain':
+        return 10, 1
+    return int(data['y_train'].max()) + 1, int(data['x_train'].shape[-1])
+
+
+def _build_data(args, data: dict):
     val_idx = stratified_holdout(data['y_train'], args.val_size, args.split_seed)
     train_idx = np.setdiff1d(np.arange(len(data['y_train'])), val_idx)
     if args.limit:
@@ -266,11 +280,12 @@ def train(args) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
-    train_set, val_set = _build_data(args)
+    data = load_npz(args.npz)
+    train_set, val_set = _build_data(args, data)
+    num_classes, in_chans = model_classes_and_channels(args.dataset, data)
+    del data  # the splits hold their own copies
     plain = args.dataset == 'plain'
     img_size = train_set.images.shape[2] - 2 * args.pad if plain else train_set.images.shape[-1]
-    in_chans = train_set.images.shape[-1] if plain else 1
-    num_classes = int(max(train_set.labels.max(), val_set.labels.max())) + 1 if plain else 10
     model_kwargs = dict(args.model_kwargs or {})
     model = timm.create_model(args.model, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans,
                               **model_kwargs)
@@ -476,7 +491,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              'command line overrides it')
     parser.add_argument('--npz', default=None,
                         help='.npz with x_train, y_train, x_test, y_test (MNIST for the CapsNet datasets); required')
-    parser.add_argument('--dataset', default='mnist_shift', choices=('mnist_shift', 'multimnist', 'plain'),
+    parser.add_argument('--dataset', default='mnist_shift', choices=DATASETS,
                         help="plain: the .npz images as they are, with --pad/--hflip augmentation")
     parser.add_argument('--model', default='capsnet_resnet20')
     parser.add_argument('--pretrained', action='store_true',
