@@ -59,8 +59,7 @@ def test_explain_and_its_errors(tmp_path):
     for args, message in [
         (('explain', 'resnet21_routing', str(image)), "timm-routing: unknown model 'resnet21_routing'"),
         (('explain', 'convnet4_routing.cpu_fmnist', str(tmp_path / 'missing.png')), 'timm-routing: cannot read image'),
-        (('explain', 'resnet56_routing', str(image)),
-         "timm-routing: model 'resnet56_routing' has no pretrained weights"),
+        (('explain', 'capsnet', str(image)), "timm-routing: model 'capsnet' has no pretrained weights"),
         (('explain', 'convnet4_max.cpu_fmnist', str(image)), 'timm-routing: ConvNet4 has 0 routing layers'),
         (('explain', 'convnet4_routing.cpu_fmnist', str(image), '--group', '9'), 'timm-routing: group 9 out of range'),
     ]:
@@ -76,7 +75,7 @@ def test_list_and_eval(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = {line.split()[0]: line for line in proc.stdout.splitlines()[1:]}
     assert 'cpu_fmnist (' in rows['convnet4_routing'] and 'cpu_mnist_shift (' in rows['resnet20']
-    assert rows['resnet56'].split()[-1] == '-'
+    assert rows['capsnet'].split()[-1] == '-'
     # an ImageFolder the test makes: eval reports top-1 and top-5 over its images
     for cls in ('a', 'b'):
         (tmp_path / 'test' / cls).mkdir(parents=True)

@@ -227,6 +227,9 @@ default_cfgs = generate_default_cfgs({
         # the same recipe shortened to 50 epochs (lr drops at 25 and 38), both heads on 2 CPU cores
         'resnet44.cpu_cifar10jpeg': _cfg(),
         'resnet44_routing.cpu_cifar10jpeg': _cfg(),
+        # the 50-epoch recipe again, in bfloat16 autocast with channels-last, both heads on 2 CPU cores
+        'resnet56.cpu_cifar10jpeg': _cfg(),
+        'resnet56_routing.cpu_cifar10jpeg': _cfg(),
         # the Table 4 baseline of the CapsNet experiments: expanded MNIST, 40x40 grey, raw pixels
         'resnet20.cpu_mnist_shift': mnist_variant_cfg(
             40, pool_size=(10, 10), first_conv='stem.conv', classifier='head.fc', paper_ids='arXiv:1512.03385',
