@@ -293,6 +293,34 @@ def test_mixed_precision_trains_and_resumes(rgb_npz, tmp_path, amp_dtype):
                if v.is_floating_point())  # autocast leaves the parameters in float32
 
 
+@pytest.mark.parametrize('device', ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason='needs a CUDA device'))])
+def test_a_resumed_run_trains_as_an_uninterrupted_one(rgb_npz, tmp_path, monkeypatch, device):
+    # on CUDA this failed once: the checkpoint's CPU RNG state was loaded onto the GPU, and the CUDA generator that
+    # draws the batches there was not saved
+    import timm_routing.train_capsnet as train_capsnet
+    args = ['--npz', rgb_npz, '--dataset', 'plain', '--model', 'resnet20', '--val-size', 40, '--batch-size', 40,
+            '--opt', 'momentum', '--lr', 0.05, '--log-interval', 0, '--epochs', 3, '--device', device]
+    assert main([str(a) for a in args + ['--output', tmp_path / 'whole']]) == 0
+    save = train_capsnet._save_atomically
+
+    def save_and_stop(write, path):
+        save(write, path)
+        if path.name == 'last.pth.tar':
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_capsnet, '_save_atomically', save_and_stop)
+    with pytest.raises(KeyboardInterrupt):  # stopped once epoch 0's checkpoint is in place
+        main([str(a) for a in args + ['--output', tmp_path / 'parts']])
+    monkeypatch.undo()
+    assert torch.load(tmp_path / 'parts' / 'last.pth.tar', weights_only=False)['epoch'] == 0
+    assert main([str(a) for a in args + ['--resume', '--output', tmp_path / 'parts']]) == 0
+    whole, parts = _weights(tmp_path / 'whole' / 'model_last.safetensors'), _weights(
+        tmp_path / 'parts' / 'model_last.safetensors')
+    for name in whole:  # a GPU's convolutions need not be bitwise reproducible; other batches would differ by far more
+        torch.testing.assert_close(parts[name], whole[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
 def _parameters_after_a_still_epoch(rgb_npz, out, *start):
     """Trains one epoch at learning rate 0 (only BatchNorm's running statistics move) from the given start."""
     args = ['--npz', rgb_npz, '--dataset', 'plain', '--model', 'resnet20', '--val-size', 40, '--batch-size', 40,

@@ -35,7 +35,9 @@ Everything else comes from timm: `create_model`, `create_optimizer_v2`, `create_
 Outputs in `--output`: `summary.csv` (train.py's columns), `args.yaml`, `last.pth.tar` (resumable, written every
 epoch), `model_best.safetensors` and `model_last.safetensors`. Each weight file is written under a temporary name and
 renamed, so a run stopped at any moment resumes (`--resume`) from its last whole epoch, and the summary rows of the
-epochs it trains again are replaced, not repeated.
+epochs it trains again are replaced, not repeated. The checkpoint keeps the random state that draws the batch order and
+the crops (the CUDA generator's too on a GPU), so a resumed run on the same device takes the batches of an
+uninterrupted one; it resumes on another device too (a GPU run finished on a CPU), with that device's draws from then.
 """
 import argparse
 import contextlib
@@ -321,7 +323,8 @@ def train(args) -> dict:
     scheduler, num_epochs = _create_scheduler(optimizer, args, args.epochs, milestones, steps_per_epoch)
     start_epoch, best = 0, None
     if args.resume and (out / 'last.pth.tar').exists():
-        state = torch.load(out / 'last.pth.tar', map_location=device, weights_only=False)
+        # on the CPU: the RNG states must stay CPU byte tensors; the model and optimizer copy the rest to the device
+        state = torch.load(out / 'last.pth.tar', map_location='cpu', weights_only=False)
         model.load_state_dict(state['state_dict'])
         optimizer.load_state_dict(state['optimizer'])
         if scaler is not None and state.get('scaler'):
@@ -329,6 +332,8 @@ def train(args) -> dict:
         start_epoch, best = state['epoch'] + 1, state.get('best')
         _drop_summary_rows_from(out / 'summary.csv', start_epoch)
         torch.set_rng_state(state['rng'])
+        if device.type == 'cuda' and state.get('cuda_rng') is not None:  # batch order and crops are drawn there
+            torch.cuda.set_rng_state(state['cuda_rng'], device)
         if state.get('fitted'):  # a schedule shortened by --time-budget stays shortened
             num_epochs, milestones = state['fitted']
             args.epochs_fitted, args.decay_milestones_fitted = num_epochs, milestones
@@ -397,7 +402,8 @@ def train(args) -> dict:
                              f'(milestones {milestones}) at {epoch_time:.1f} s per epoch')
         checkpoint = dict(
             state_dict=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch, best=best,
-            rng=torch.get_rng_state(), args=vars(args), scaler=scaler.state_dict() if scaler else None,
+            rng=torch.get_rng_state(), cuda_rng=torch.cuda.get_rng_state(device) if device.type == 'cuda' else None,
+            args=vars(args), scaler=scaler.state_dict() if scaler else None,
             fitted=(num_epochs, milestones) if hasattr(args, 'epochs_fitted') else None)
         _save_atomically(lambda p: torch.save(checkpoint, p), out / 'last.pth.tar')
         epoch += 1
