@@ -8,10 +8,11 @@ iterations it needs and accumulates `∂L/∂u` in registers, one write. The mat
 (see `_RoutingFunction`), so the two agree to float32 rounding.
 
 Status: checked against the PyTorch path in Triton's interpreter (`TRITON_INTERPRET=1`, on CPU tensors, Triton 3.6 and
-3.8) by `tests/test_routing_triton.py`; compiled and timed on an NVIDIA H200 (docs/benchmarks.md), where its agreement
-with the PyTorch path is **not yet checked** (the test's CUDA case). It is therefore opt-in: set
-`TIMM_ROUTING_TRITON=1` to route CUDA tensors through it (rows of at most `MAX_TILE` children x neurons; larger ones
-and everything else take the PyTorch path).
+3.8) by `tests/test_routing_triton.py`, and compiled, on CUDA tensors, by the same test's CUDA case on an NVIDIA H200
+(Triton 3.6, `docs/benchmarks-gpu-h200-triton-cuda-check.txt`), where it was also timed (docs/benchmarks.md). One GPU
+and one Triton release have checked it, and the backward once compiled under one release and not another, so it is
+opt-in: set `TIMM_ROUTING_TRITON=1` to route CUDA tensors through it (rows of at most `MAX_TILE` children x neurons;
+larger ones and everything else take the PyTorch path).
 """
 import os
 from typing import Tuple
