@@ -287,6 +287,7 @@ def test_mixed_precision_trains_and_resumes(rgb_npz, tmp_path, amp_dtype):
     state = torch.load(out / 'last.pth.tar', weights_only=False)
     assert (state['scaler'] is not None) == (amp_dtype == 'float16')  # float16 scales the loss, bfloat16 need not
     assert main([str(a) for a in args + ['--epochs', 2, '--resume']]) == 0
+    assert yaml.safe_load(open(out / 'args.yaml'))['resumes'] == [dict(epoch=1, changed=dict(epochs=[1, 2]))]
     rows = list(csv.DictReader(open(out / 'summary.csv')))
     assert [r['epoch'] for r in rows] == ['0', '1'] and all(np.isfinite(float(r['train_loss'])) for r in rows)
     assert all(v.dtype == torch.float32 for v in _weights(out / 'model_last.safetensors').values()

@@ -38,6 +38,8 @@ renamed, so a run stopped at any moment resumes (`--resume`) from its last whole
 epochs it trains again are replaced, not repeated. The checkpoint keeps the random state that draws the batch order and
 the crops (the CUDA generator's too on a GPU), so a resumed run on the same device takes the batches of an
 uninterrupted one; it resumes on another device too (a GPU run finished on a CPU), with that device's draws from then.
+`args.yaml` holds the options of the last start and, under `resumes`, each resume's first epoch and the options it
+changed (`[before, after]`).
 """
 import argparse
 import contextlib
@@ -185,6 +187,17 @@ def _write_args(out: Path, args) -> None:
     (out / 'args.yaml').write_text(yaml.safe_dump(vars(args), sort_keys=False))
 
 
+def _resume_records(before: dict, args, epoch: int) -> list:
+    """The run's resumes for `args.yaml`, which otherwise holds only the options of the last: each names the first epoch
+    it trained and the options that differ from those before it, `[before, now]` (another device or precision, a
+    longer schedule), after the records of earlier resumes."""
+    now, skip = vars(args), _RUN_RECORDS + ('resume',)
+    changed = {k: [before[k], v] for k, v in now.items() if k in before and k not in skip and before[k] != v}
+    if changed:
+        _logger.warning(f'--resume at epoch {epoch} with changed options: {changed}')
+    return list(before.get('resumes') or []) + [dict(epoch=epoch, changed=changed)]
+
+
 def _create_scheduler(optimizer, args, num_epochs: int, milestones, steps_per_epoch: int):
     return create_scheduler_v2(
         optimizer, sched=args.sched, num_epochs=num_epochs, warmup_epochs=args.warmup_epochs, min_lr=args.min_lr,
@@ -330,6 +343,7 @@ def train(args) -> dict:
         if scaler is not None and state.get('scaler'):
             scaler.load_state_dict(state['scaler'])
         start_epoch, best = state['epoch'] + 1, state.get('best')
+        args.resumes = _resume_records(state.get('args') or {}, args, start_epoch)
         _drop_summary_rows_from(out / 'summary.csv', start_epoch)
         torch.set_rng_state(state['rng'])
         if device.type == 'cuda' and state.get('cuda_rng') is not None:  # batch order and crops are drawn there
@@ -424,7 +438,7 @@ def _kv(text: str):
 
 
 # what `args.yaml` records about a finished run besides its options: not options themselves
-_RUN_RECORDS = ('config', 'epochs_fitted', 'decay_milestones_fitted', 'stopped_after_epochs')
+_RUN_RECORDS = ('config', 'epochs_fitted', 'decay_milestones_fitted', 'stopped_after_epochs', 'resumes')
 
 
 def _check_config_value(path, action: argparse.Action, value) -> None:
