@@ -189,7 +189,7 @@ def _write_args(out: Path, args) -> None:
 
 def _resume_records(before: dict, args, epoch: int) -> list:
     """The run's resumes for `args.yaml`, which otherwise holds only the options of the last: each names the first epoch
-    it trained and the options that differ from those before it, `[before, now]` (another device or precision, a
+    it trained and the options that differ from those before it, `[before, after]` (another device or precision, a
     longer schedule), after the records of earlier resumes."""
     now, skip = vars(args), _RUN_RECORDS + ('resume',)
     changed = {k: [before[k], v] for k, v in now.items() if k in before and k not in skip and before[k] != v}
