@@ -178,8 +178,12 @@ def test_train_capsnet_recipes_exist():
 
 @pytest.mark.parametrize('tag', CAPSNET_RECIPES)
 def test_recipe_gives_the_options_of_the_recorded_run(tag):
-    """`-c scripts/recipes/<tag>.yaml` with the run's paths and device reproduces every option its args.yaml records."""
-    recorded = yaml.safe_load(open(RESULTS / tag / 'args.yaml'))
+    """`-c scripts/recipes/<tag>.yaml` with the run's paths and device reproduces every option its args.yaml records.
+
+    A run resumed with other options (another device, autocast) keeps the args.yaml of its first start as
+    `args_first_start.yaml`: the recipe is that start's."""
+    first_start = RESULTS / tag / 'args_first_start.yaml'
+    recorded = yaml.safe_load(open(first_start if first_start.exists() else RESULTS / tag / 'args.yaml'))
     device = recorded.get('device', 'cpu')  # the first runs' args.yaml predate --device (they ran on the CPU)
     args = parse_args(['-c', str(RECIPES / f'{tag}.yaml'), '--npz', recorded['npz'], '--output', recorded['output'],
                        '--device', device, '--log-interval', str(recorded['log_interval'])])

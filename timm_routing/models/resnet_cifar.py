@@ -221,6 +221,9 @@ default_cfgs = generate_default_cfgs({
         # CIFAR-10 JPEG-q75 approximation (../shared/data), He et al.'s schedule shortened to 100 epochs
         'resnet20.gpu_cifar10jpeg': _cfg(),
         'resnet20_routing.cpu_cifar10jpeg': _cfg(),
+        # He et al.'s full schedule (182 epochs, lr drops at 91 and 136): started on one H200, finished on 2 CPU cores
+        'resnet20.he182_cifar10jpeg': _cfg(),
+        'resnet20_routing.he182_cifar10jpeg': _cfg(),
         # the same recipe shortened to 60 epochs (lr drops at 30 and 45), both heads on 2 CPU cores
         'resnet32.cpu_cifar10jpeg': _cfg(),
         'resnet32_routing.cpu_cifar10jpeg': _cfg(),
