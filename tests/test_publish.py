@@ -71,5 +71,6 @@ def test_readme_zoo_table_is_what_publish_prints():
     readme = (ROOT / 'README.md').read_text().splitlines()
     table = publish.zoo_table(publish.shipped_tags()).splitlines()
     start = readme.index(table[0])
-    assert readme[start:start + len(table)] == table, 'README zoo table out of date: python scripts/publish.py --zoo-table'
+    stale = 'README zoo table out of date: python scripts/publish.py --zoo-table'
+    assert readme[start:start + len(table)] == table, stale
     assert not readme[start + len(table)].startswith('|'), 'README zoo table lists a tag that is not shipped'
