@@ -1,7 +1,9 @@
 """Shipped weights: offline loading, timm's head and stem adaptation, bad files, model cards, Hub folders."""
+import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -206,3 +208,71 @@ def test_table4_in_the_docs_is_what_the_evaluations_print():
             doc_rows = [line.split(' | ') for line in text.splitlines()
                         if line.startswith(key + ' (ours') or line.startswith(key + ' |')]
             assert [r[1:] for r in doc_rows] == [cells], (doc, name, doc_rows)
+
+
+# docs/results.md Table 2: the first cell of a row, and the runs (results/ folders) of its average and routing columns
+TABLE2_RUNS = {
+    '20': (['resnet20.gpu_cifar10jpeg'], ['resnet20_routing.cpu_cifar10jpeg']),
+    '20, mean ± sd of two seeds': (['resnet20.gpu_cifar10jpeg', 'resnet20.gpu_cifar10jpeg/seed1_cpu'],
+                                   ['resnet20_routing.cpu_cifar10jpeg', 'resnet20_routing.cpu_cifar10jpeg/seed1']),
+    "20, He et al.'s 182 epochs": (['resnet20.he182_cifar10jpeg'], ['resnet20_routing.he182_cifar10jpeg']),
+    '32': (['resnet32.cpu_cifar10jpeg'], ['resnet32_routing.cpu_cifar10jpeg']),
+    '32, mean ± sd of two seeds': (['resnet32.cpu_cifar10jpeg', 'resnet32.cpu_cifar10jpeg/seed1'],
+                                   ['resnet32_routing.cpu_cifar10jpeg', 'resnet32_routing.cpu_cifar10jpeg/seed1']),
+    '44': (['resnet44.cpu_cifar10jpeg'], ['resnet44_routing.cpu_cifar10jpeg']),
+    '56': (['resnet56.cpu_cifar10jpeg'], ['resnet56_routing.cpu_cifar10jpeg']),
+}
+
+
+def _test_error_cell(runs) -> str:
+    """Test error (%) of one run, or mean ± sample sd of several, as Tables 1 and 2 write them."""
+    errors = [100. - json.loads((ROOT / 'results' / run / 'eval_test.json').read_text())['top1'] for run in runs]
+    if len(errors) == 1:
+        return f'{errors[0]:.2f}'
+    return f'{statistics.mean(errors):.2f} ± {statistics.stdev(errors):.2f}'
+
+
+def test_table2_in_the_docs_is_what_the_evaluations_give():
+    """The *this repo* cells of docs/results.md's Table 2 are the test errors of the evaluation JSONs of their runs."""
+    rows = {}
+    for line in (ROOT / 'docs' / 'results.md').read_text().split('## Table 2')[1].splitlines():
+        if line.startswith('| ') and not line.startswith(('| depth', '|---')):
+            cells = [c.strip() for c in line.strip().strip('|').split('|')]
+            rows[cells[0]] = cells[-2:]
+        elif rows and not line.startswith('|'):
+            break
+    assert set(rows) == set(TABLE2_RUNS), 'a Table 2 row has no runs here, or runs name a row the table lacks'
+    for row, (avg_runs, routing_runs) in TABLE2_RUNS.items():
+        documented = [cell.split(' (')[0] for cell in rows[row]]
+        assert documented == [_test_error_cell(avg_runs), _test_error_cell(routing_runs)], row
+
+
+_FMNIST, _CIFAR = 'convnet4_{}.cpu_fmnist', 'convnet4_{}.cpu_cifar10jpeg'
+_RAW_FMNIST = 'convnet4_routing.cpu_fmnist/raw_children_before_ablation'
+# docs/results.md Table 1: the first two cells of a *this repo* row, and the runs of its max, average, routing and raw
+# children columns
+TABLE1_RUNS = {
+    ('Fashion-MNIST', '*this repo*, `convnet4_*.cpu_fmnist` (15 CPU epochs, shipped seed)'):
+        [[_FMNIST.format(p)] for p in ('max', 'avg', 'routing')] + [[_RAW_FMNIST]],
+    ('Fashion-MNIST', '*this repo*, mean ± sd of three seeds (two for average and raw)'):
+        [[_FMNIST.format(p), _FMNIST.format(p) + '/seed1'] + ([_FMNIST.format(p) + '/seed2'] if p != 'avg' else [])
+         for p in ('max', 'avg', 'routing')] + [[_RAW_FMNIST, _RAW_FMNIST + '/seed1']],
+    ('CIFAR-10 (JPEG q75 approximation)', '*this repo*, `convnet4_*.cpu_cifar10jpeg` (20 CPU epochs, shipped seed)'):
+        [[_CIFAR.format(p)] for p in ('max', 'avg', 'routing', 'routing_raw')],
+    ('CIFAR-10 (JPEG q75 approximation)', '*this repo*, mean ± sd of two seeds'):
+        [[_CIFAR.format(p), _CIFAR.format(p) + '/seed1'] for p in ('max', 'avg', 'routing', 'routing_raw')],
+}
+
+
+def test_table1_in_the_docs_is_what_the_evaluations_give():
+    """The *this repo* cells of docs/results.md's Table 1 are the test errors of the evaluation JSONs of their runs."""
+    table = (ROOT / 'docs' / 'results.md').read_text().split('## Table 1')[1].split('\n\n')[1]
+    rows = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip('|').split('|')]
+        if cells[1].startswith('*this repo*') and cells[2].replace('*', '')[:1].isdigit():
+            rows[tuple(cells[:2])] = cells[2:]
+    assert set(rows) == set(TABLE1_RUNS), 'a Table 1 row has no runs here, or runs name a row the table lacks'
+    for row, columns in TABLE1_RUNS.items():
+        documented = [cell.replace('**', '').split(' (')[0] for cell in rows[row]]
+        assert documented == [_test_error_cell(runs) for runs in columns], row
