@@ -276,3 +276,32 @@ def test_table1_in_the_docs_is_what_the_evaluations_give():
     for row, columns in TABLE1_RUNS.items():
         documented = [cell.replace('**', '').split(' (')[0] for cell in rows[row]]
         assert documented == [_test_error_cell(runs) for runs in columns], row
+
+
+# results/routing_at_inference_cifar10jpeg/README.md: each row's routing kwargs and the file name part of its setting
+INFERENCE_SETTINGS = {
+    'as trained: λ 5, 1 iteration, normalised': ('as_trained', None),
+    'λ 0 (uniform couplings)': ('lam0', {'routing_lam': 0}),
+    'λ 1': ('lam1', {'routing_lam': 1}),
+    'λ 20': ('lam20', {'routing_lam': 20}),
+    '2 iterations': ('iters2', {'routing_iters': 2}),
+    '3 iterations': ('iters3', {'routing_iters': 3}),
+    'raw children (λ 5)': ('raw_children', {'routing_normalize': False}),
+}
+
+
+def test_routing_at_inference_table_is_what_its_evaluations_give():
+    """Each cell is the validation top-1 of the JSON that evaluated that column's shipped tag with that row's kwargs."""
+    folder = ROOT / 'results' / 'routing_at_inference_cifar10jpeg'
+    table = [[c.strip() for c in line.strip().strip('|').split('|')]
+             for line in (folder / 'README.md').read_text().splitlines() if line.startswith('| ')]
+    header, rows = table[0], {row[0]: row[1:] for row in table[1:]}
+    assert set(rows) == set(INFERENCE_SETTINGS)
+    for column, tag in enumerate(header[1:]):
+        model, pretrained_tag = tag.split('.')
+        prefix = model if pretrained_tag == 'cpu_cifar10jpeg' else f"{model}_{pretrained_tag.split('_')[0]}"
+        for row, (setting, kwargs) in INFERENCE_SETTINGS.items():
+            result = json.loads((folder / f'{prefix}_{setting}.json').read_text())
+            assert (result['model'], result['model_kwargs'], result['split'], result['n']) == (
+                tag, kwargs, 'validation', 5000), (tag, row)
+            assert rows[row][column] == f"{result['top1']:.2f}", (tag, row)
