@@ -305,3 +305,25 @@ def test_routing_at_inference_table_is_what_its_evaluations_give():
             assert (result['model'], result['model_kwargs'], result['split'], result['n']) == (
                 tag, kwargs, 'validation', 5000), (tag, row)
             assert rows[row][column] == f"{result['top1']:.2f}", (tag, row)
+
+
+def _markdown_tables(text: str):
+    tables, rows = [], []
+    for line in text.splitlines() + ['']:
+        if line.startswith('|'):
+            rows.append([c.strip() for c in line.strip().strip('|').split('|')])
+        elif rows:
+            tables.append(rows)
+            rows = []
+    return tables
+
+
+@pytest.mark.parametrize('ablation', ['ablation_convnet4_fmnist', 'ablation_resnet20_cifar10jpeg'])
+def test_ablation_table_in_the_docs_is_the_one_the_script_wrote(ablation):
+    """docs/results.md shows the rows of `scripts/routing_ablation.py`'s ablation.md (in its own order, with words
+    after a setting's value, e.g. 'λ = 0 (= average pooling)')."""
+    written = _markdown_tables((ROOT / 'results' / ablation / 'ablation.md').read_text())[0]
+    key = sorted([row[0].split(' (')[0]] + row[1:] for row in written[2:])
+    in_docs = [sorted([row[0].split(' (')[0]] + row[1:] for row in table[2:])
+               for table in _markdown_tables((ROOT / 'docs' / 'results.md').read_text()) if table[0] == written[0]]
+    assert key in in_docs, f'no table in docs/results.md holds the rows of results/{ablation}/ablation.md'
