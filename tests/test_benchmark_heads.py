@@ -3,8 +3,12 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'scripts'))
 import benchmark_heads  # noqa: E402
+
+DOCS = Path(__file__).resolve().parent.parent / 'docs'
 
 
 def test_routing_heads_take_lambda_and_normalisation():
@@ -35,3 +39,12 @@ def test_compile_adds_a_compiled_row_per_layer(tmp_path, capsys, monkeypatch):
     assert result['models'] == [] and result['command'].startswith('MALLOC_MMAP_MAX_=0 ')
     assert [r['head'] for r in result['layers']] == ['avg', 'routing-1', 'avg+compile', 'routing-1+compile']
     assert 'routing-1+compile / eager average' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('name', ['benchmarks-cpu.json', 'benchmarks-cpu-targets.json', 'benchmarks-gpu-h200.json'])
+def test_benchmark_tables_in_the_docs_are_what_their_json_renders(name):
+    """docs/benchmarks.md shows these runs as `to_markdown` renders their JSON: every table row and target line."""
+    results = json.loads((DOCS / name).read_text())
+    doc = (DOCS / 'benchmarks.md').read_text().splitlines()
+    rendered = [line for line in benchmark_heads.to_markdown(results).splitlines() if line.startswith(('| ', '- '))]
+    assert [line for line in rendered if line not in doc] == []
