@@ -1,6 +1,6 @@
 """`scripts/publish.py`: the Hub upload (against a stand-in for huggingface_hub's HfApi), tag checks, the README's zoo
 table."""
-import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,16 +8,9 @@ import pytest
 import timm
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / 'scripts'))
+import publish  # noqa: E402
 
-
-def _load_publish():
-    spec = importlib.util.spec_from_file_location('timm_routing_publish_script', ROOT / 'scripts' / 'publish.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-publish = _load_publish()
 TAG = publish.shipped_tags()[0]
 
 
@@ -36,15 +29,20 @@ class _RecordingHfApi:
         self.calls.append(('upload_folder', self.token, repo_id, folder_path, files, commit_message))
 
 
-def test_push_creates_and_uploads_the_repo_named_in_the_pretrained_cfg(tmp_path, monkeypatch):
+@pytest.fixture
+def recording_hf_api(monkeypatch):
     import huggingface_hub
     monkeypatch.setattr(huggingface_hub, 'HfApi', _RecordingHfApi)
-    _RecordingHfApi.calls = []
+    monkeypatch.setattr(_RecordingHfApi, 'calls', [])
+    return _RecordingHfApi
+
+
+def test_push_creates_and_uploads_the_repo_named_in_the_pretrained_cfg(tmp_path, recording_hf_api):
     cards, hub = tmp_path / 'cards', tmp_path / 'hub'
     assert publish.main([TAG, '--push', '--token', 'hf_test', '--cards-dir', str(cards), '--hub-dir', str(hub)]) == 0
     repo_id = timm.models.get_pretrained_cfg(TAG).hf_hub_id
     assert repo_id == f'timm-routing/{TAG}'
-    assert _RecordingHfApi.calls == [
+    assert recording_hf_api.calls == [
         ('create_repo', 'hf_test', repo_id, True),
         ('upload_folder', 'hf_test', repo_id, str(hub / TAG), ['README.md', 'config.json', 'model.safetensors'],
          f'{TAG} from timm-routing'),
@@ -52,12 +50,9 @@ def test_push_creates_and_uploads_the_repo_named_in_the_pretrained_cfg(tmp_path,
     assert (cards / f'{TAG}.md').read_text() == (hub / TAG / 'README.md').read_text()
 
 
-def test_dry_run_uploads_nothing(tmp_path, monkeypatch):
-    import huggingface_hub
-    monkeypatch.setattr(huggingface_hub, 'HfApi', _RecordingHfApi)
-    _RecordingHfApi.calls = []
+def test_dry_run_uploads_nothing(tmp_path, recording_hf_api):
     assert publish.main([TAG, '--cards-dir', str(tmp_path / 'cards'), '--hub-dir', str(tmp_path / 'hub')]) == 0
-    assert _RecordingHfApi.calls == []
+    assert recording_hf_api.calls == []
     assert (tmp_path / 'hub' / TAG / 'model.safetensors').is_file()
 
 

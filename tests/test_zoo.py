@@ -210,6 +210,18 @@ def test_table4_in_the_docs_is_what_the_evaluations_print():
             assert [r[1:] for r in doc_rows] == [cells], (doc, name, doc_rows)
 
 
+def _markdown_tables(text: str):
+    """The markdown tables of `text`, in order, each a list of rows of stripped cells (header and rule included)."""
+    tables, rows = [], []
+    for line in text.splitlines() + ['']:
+        if line.startswith('|'):
+            rows.append([c.strip() for c in line.strip().strip('|').split('|')])
+        elif rows:
+            tables.append(rows)
+            rows = []
+    return tables
+
+
 # docs/results.md Table 2: the first cell of a row, and the runs (results/ folders) of its average and routing columns
 TABLE2_RUNS = {
     '20': (['resnet20.gpu_cifar10jpeg'], ['resnet20_routing.cpu_cifar10jpeg']),
@@ -234,13 +246,8 @@ def _test_error_cell(runs) -> str:
 
 def test_table2_in_the_docs_is_what_the_evaluations_give():
     """The *this repo* cells of docs/results.md's Table 2 are the test errors of the evaluation JSONs of their runs."""
-    rows = {}
-    for line in (ROOT / 'docs' / 'results.md').read_text().split('## Table 2')[1].splitlines():
-        if line.startswith('| ') and not line.startswith(('| depth', '|---')):
-            cells = [c.strip() for c in line.strip().strip('|').split('|')]
-            rows[cells[0]] = cells[-2:]
-        elif rows and not line.startswith('|'):
-            break
+    table = _markdown_tables((ROOT / 'docs' / 'results.md').read_text().split('## Table 2')[1])[0]
+    rows = {cells[0]: cells[-2:] for cells in table[2:]}
     assert set(rows) == set(TABLE2_RUNS), 'a Table 2 row has no runs here, or runs name a row the table lacks'
     for row, (avg_runs, routing_runs) in TABLE2_RUNS.items():
         documented = [cell.split(' (')[0] for cell in rows[row]]
@@ -266,12 +273,9 @@ TABLE1_RUNS = {
 
 def test_table1_in_the_docs_is_what_the_evaluations_give():
     """The *this repo* cells of docs/results.md's Table 1 are the test errors of the evaluation JSONs of their runs."""
-    table = (ROOT / 'docs' / 'results.md').read_text().split('## Table 1')[1].split('\n\n')[1]
-    rows = {}
-    for line in table.splitlines():
-        cells = [c.strip() for c in line.strip().strip('|').split('|')]
-        if cells[1].startswith('*this repo*') and cells[2].replace('*', '')[:1].isdigit():
-            rows[tuple(cells[:2])] = cells[2:]
+    table = _markdown_tables((ROOT / 'docs' / 'results.md').read_text().split('## Table 1')[1])[0]
+    rows = {tuple(cells[:2]): cells[2:] for cells in table[2:]
+            if cells[1].startswith('*this repo*') and cells[2].replace('*', '')[:1].isdigit()}
     assert set(rows) == set(TABLE1_RUNS), 'a Table 1 row has no runs here, or runs name a row the table lacks'
     for row, columns in TABLE1_RUNS.items():
         documented = [cell.replace('**', '').split(' (')[0] for cell in rows[row]]
@@ -293,9 +297,8 @@ INFERENCE_SETTINGS = {
 def test_routing_at_inference_table_is_what_its_evaluations_give():
     """Each cell is the validation top-1 of the JSON that evaluated that column's shipped tag with that row's kwargs."""
     folder = ROOT / 'results' / 'routing_at_inference_cifar10jpeg'
-    table = [[c.strip() for c in line.strip().strip('|').split('|')]
-             for line in (folder / 'README.md').read_text().splitlines() if line.startswith('| ')]
-    header, rows = table[0], {row[0]: row[1:] for row in table[1:]}
+    table = _markdown_tables((folder / 'README.md').read_text())[0]
+    header, rows = table[0], {row[0]: row[1:] for row in table[2:]}
     assert set(rows) == set(INFERENCE_SETTINGS)
     for column, tag in enumerate(header[1:]):
         model, pretrained_tag = tag.split('.')
@@ -306,16 +309,6 @@ def test_routing_at_inference_table_is_what_its_evaluations_give():
                 tag, kwargs, 'validation', 5000), (tag, row)
             assert rows[row][column] == f"{result['top1']:.2f}", (tag, row)
 
-
-def _markdown_tables(text: str):
-    tables, rows = [], []
-    for line in text.splitlines() + ['']:
-        if line.startswith('|'):
-            rows.append([c.strip() for c in line.strip().strip('|').split('|')])
-        elif rows:
-            tables.append(rows)
-            rows = []
-    return tables
 
 
 @pytest.mark.parametrize('ablation', ['ablation_convnet4_fmnist', 'ablation_resnet20_cifar10jpeg'])
