@@ -25,7 +25,8 @@ from timm_routing.evaluate import main as evaluate_main
 
 ROOT = Path(__file__).resolve().parent.parent
 
-EXPANDED = ('capsnet_resnet20.cpu_mnist_shift', 'resnet20.cpu_mnist_shift', 'capsnet.cpu_mnist_shift')
+EXPANDED = ('capsnet_resnet20.cpu_mnist_shift', 'resnet20.cpu_mnist_shift', 'capsnet.gpu_mnist_shift',
+            'capsnet.cpu_mnist_shift')
 MULTI = ('capsnet_resnet20_lam5.gpu_multimnist', 'capsnet_resnet20_lam5.cpu_ft_multimnist')
 # (file stem, split, variant, limit); the first-1000 rows are what tests/test_zoo.py recomputes
 EXPANDED_EVALS = (
@@ -44,7 +45,8 @@ PAPER = {  # error %: expanded MNIST, affNIST; params
 
 
 # results folder -> the model evaluated: the CapsNet baseline's weights do not ship, its 40x40 cfg is a weightless tag
-MODEL_OF = {'capsnet.cpu_mnist_shift': 'capsnet.mnist_shift'}
+# (gpu_mnist_shift: capsnet_resnet20's 20-epoch recipe on an H200; cpu_mnist_shift: the earlier 2-epoch CPU run)
+MODEL_OF = {'capsnet.gpu_mnist_shift': 'capsnet.mnist_shift', 'capsnet.cpu_mnist_shift': 'capsnet.mnist_shift'}
 
 
 def evaluate_all(npz: str, checkpoints: dict, tags=None) -> None:
@@ -115,8 +117,8 @@ def table() -> str:
             schedules.setdefault(_epochs(tag, run), []).append(run)
         for epochs, group in schedules.items():
             for run in group:
-                label = f'`{tag}`, `{run}` (ours, {epochs}{_precision(tag, run)}; weights not shipped)' if run \
-                    else f'`{tag}` (ours, {epochs}{_precision(tag)})'
+                unshipped = '; weights not shipped' if run or tag in MODEL_OF else ''
+                label = f"`{tag}`{f', `{run}`' if run else ''} (ours, {epochs}{_precision(tag, run)}{unshipped})"
                 cells = ['-' if v is None else f'{v:.2f}' for v in errors[run]]
                 lines.append(f'| {label} | {params:.2f} | ' + ' | '.join(cells) + ' |')
             if len(group) < 2:
@@ -150,7 +152,7 @@ def main(argv=None) -> int:
                         help='run the evaluations first (of the TAGs given, default all)')
     parser.add_argument('--checkpoint', action='append', default=[], metavar='TAG=FILE',
                         help='weights of a tag that does not ship, e.g. '
-                             'capsnet.cpu_mnist_shift=<run>/model_last.safetensors')
+                             'capsnet.gpu_mnist_shift=<run>/model_last.safetensors')
     args = parser.parse_args(argv)
     checkpoints = dict(item.split('=', 1) for item in args.checkpoint)
     if args.evaluate is not None:

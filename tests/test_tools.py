@@ -216,6 +216,25 @@ def test_evaluate_refuses_a_limit_that_is_not_a_positive_count(tiny_npz, limit):
         evaluate_model('convnet4_routing.cpu_fmnist', tiny_npz, limit=limit)
 
 
+def test_evaluate_runs_on_the_device_it_is_given_and_records_it(tiny_npz, tmp_path):
+    """`--device` as validate.py's: the JSON names it; a CUDA run (where a GPU is present) scores as the CPU does."""
+    import torch
+    from timm_routing.evaluate import evaluate_model, main
+    name = 'convnet4_routing.cpu_fmnist'
+    cpu = evaluate_model(name, tiny_npz, 'test')
+    assert cpu['device'] == 'cpu'
+    out = tmp_path / 'result.json'
+    assert main(['--model', name, '--npz', str(tiny_npz), '--device', 'cpu', '--out', str(out)]) == 0
+    assert json.loads(out.read_text())['top1'] == cpu['top1']
+    for bad in ('gpu0', 'cuda:x', 3.5):
+        with pytest.raises(ValueError, match=f"device must be a torch device such as 'cpu' or 'cuda', got {bad!r}"):
+            evaluate_model(name, tiny_npz, 'test', device=bad)
+    if torch.cuda.is_available():
+        gpu = evaluate_model(name, tiny_npz, 'test', device='cuda')
+        assert gpu['device'] == torch.cuda.get_device_name(0)
+        assert (gpu['n'], gpu['top1'], gpu['top5']) == (cpu['n'], cpu['top1'], cpu['top5'])
+
+
 def test_evaluate_names_an_empty_split(tiny_npz):
     from timm_routing.evaluate import evaluate_model
     with pytest.raises(ValueError, match=r'validation split of \S*tiny\S*\.npz has no images \(--val-size 0\)'):

@@ -8,7 +8,8 @@ validate.py builds, so the numbers equal validate.py's on an ImageFolder export 
 validation` is the seeded stratified hold-out of `timm_routing.data.export_image_folder` (same `--val-size`,
 `--seed`). `--variant` turns the MNIST digits of the split into a CapsNet evaluation set (`mnist_shift`,
 `mnist_centred`, `affnist_like`, `multimnist`: `timm_routing.data.make_variant`, seeded as `train_capsnet` does);
-`--affnist-mat` reads official affNIST `.mat` batches instead. For `multimnist` the accuracy is Sabour's: an image
+`--npz` also takes an official affNIST `.mat` batch. `--device cuda` runs the model on a GPU (float32; the JSON names
+the device). For `multimnist` the accuracy is Sabour's: an image
 counts when its two most active classes are its two digits. The JSON records the model, weight file and dataset
 hashes and the command, as the model cards quote it.
 """
@@ -17,7 +18,7 @@ import json
 import pickle
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 import numpy as np
 import torch
@@ -60,15 +61,21 @@ def model_inputs(images: np.ndarray, transform) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_arrays(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, batch_size: int = 256,
-                    progress: bool = False) -> Dict[str, Any]:
-    """Top-1 / top-5 accuracy (%) of `model` on uint8 `(N, H, W, C)` images, through timm's eval transform."""
+                    progress: bool = False, device: Union[str, torch.device, None] = None) -> Dict[str, Any]:
+    """Top-1 / top-5 accuracy (%) of `model` on uint8 `(N, H, W, C)` images, through timm's eval transform.
+
+    The images are transformed on the CPU; each batch then goes to `device` (default: where the model's parameters
+    are, the CPU for a model without any), where the model must already be.
+    """
     model.eval()
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device('cpu'))
     transform = create_transform(**resolve_data_config(model=model))
     correct1 = correct5 = 0
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
-        x = model_inputs(batch, transform)
-        target = torch.as_tensor(labels[start:start + batch_size], dtype=torch.long)
+        x = model_inputs(batch, transform).to(device)
+        target = torch.as_tensor(labels[start:start + batch_size], dtype=torch.long, device=device)
         if target.dim() == 2:  # several objects per image: the top-k classes must be exactly the targets
             top = model(x).topk(target.shape[1], dim=1).indices.sort(1).values
             correct1 += (top == target.sort(1).values).all(1).sum().item()
@@ -137,20 +144,26 @@ def check_holdout_of_checkpoint(checkpoint: Optional[str], split: str, val_size:
 def evaluate_model(model_name: str, npz_path, split: str = 'test', checkpoint: Optional[str] = None,
                    val_size: int = 5000, seed: int = 0, limit: Optional[int] = None, batch_size: int = 256,
                    progress: bool = False, variant: Optional[str] = None, num_pairs: Optional[int] = None,
-                   model_kwargs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                   model_kwargs: Optional[Dict[str, Any]] = None, device: str = 'cpu') -> Dict[str, Any]:
     """Builds `model_name` (pretrained, or from `checkpoint`) and evaluates it on a split of `npz_path` (or of an
     affNIST `.mat` file), optionally as an MNIST variant. `model_kwargs` go to `timm.create_model`, e.g. another λ or
-    iteration count for a routing head, whose weights are the same (it has none).
+    iteration count for a routing head, whose weights are the same (it has none). The model runs in float32 on
+    `device` (e.g. 'cuda'), which the result names (the GPU's name on CUDA); the zoo's evaluation JSONs without a
+    `device` entry ran on the CPU.
 
     Raises:
         FileNotFoundError: `checkpoint` does not exist.
-        ValueError: `limit` is not a positive int; the split is empty (a validation split of `val_size` 0);
-            `checkpoint` is unreadable or holds weights of another model (`load_weight_file`), or is a
-            `train_capsnet` run whose held-out split differs from `val_size`/`seed` (for the validation and train
-            splits; see `check_holdout_of_checkpoint`).
+        ValueError: `device` is not a torch device string; `limit` is not a positive int; the split is empty (a
+            validation split of `val_size` 0); `checkpoint` is unreadable or holds weights of another model
+            (`load_weight_file`), or is a `train_capsnet` run whose held-out split differs from `val_size`/`seed` (for
+            the validation and train splits; see `check_holdout_of_checkpoint`).
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f'limit must be a positive number of images, got {limit!r}.')
+    try:
+        torch_device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}.") from e
     model = timm.create_model(model_name, pretrained=checkpoint is None, **(model_kwargs or {}))
     if checkpoint is not None:
         load_weight_file(model, checkpoint, model_name, '--checkpoint')
@@ -167,7 +180,7 @@ def evaluate_model(model_name: str, npz_path, split: str = 'test', checkpoint: O
     if variant is not None:
         size = model.pretrained_cfg['input_size'][-1]
         images, labels = make_variant(images, labels, variant, split, seed, size, num_pairs)
-    result = evaluate_arrays(model, images, labels, batch_size, progress)
+    result = evaluate_arrays(model.to(torch_device), images, labels, batch_size, progress, torch_device)
     if np.ndim(labels) == 1:  # images per class: a slice of a class-sorted file may hold one class only
         result['class_counts'] = np.bincount(np.asarray(labels, dtype=np.int64)).tolist()
     weights = checkpoint or model.pretrained_cfg.get('file')
@@ -178,6 +191,7 @@ def evaluate_model(model_name: str, npz_path, split: str = 'test', checkpoint: O
         weights=Path(weights).name if weights else None, weights_sha256=sha256_file(weights) if weights else None,
         torch=torch.__version__, timm=timm.__version__,
     )
+    result['device'] = torch.cuda.get_device_name(torch_device) if torch_device.type == 'cuda' else torch_device.type
     return result
 
 
@@ -198,11 +212,12 @@ def main(argv=None) -> int:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--limit', type=int, default=None, help='evaluate the first N images of the split only')
     parser.add_argument('--batch-size', type=int, default=256)
+    parser.add_argument('--device', default='cpu', help="torch device to run the model on, e.g. 'cuda'")
     parser.add_argument('--out', default=None, help='write the result as JSON here')
     args = parser.parse_args(argv)
     result = evaluate_model(args.model, args.npz, args.split, args.checkpoint, args.val_size, args.seed, args.limit,
                             args.batch_size, progress=sys.stderr.isatty(), variant=args.variant,
-                            num_pairs=args.pairs, model_kwargs=args.model_kwargs)
+                            num_pairs=args.pairs, model_kwargs=args.model_kwargs, device=args.device)
     result['command'] = 'python -m timm_routing.evaluate ' + ' '.join(argv if argv is not None else sys.argv[1:])
     text = json.dumps(result, indent=1)
     print(text)
