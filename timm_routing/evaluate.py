@@ -8,8 +8,8 @@ validate.py builds, so the numbers equal validate.py's on an ImageFolder export 
 validation` is the seeded stratified hold-out of `timm_routing.data.export_image_folder` (same `--val-size`,
 `--seed`). `--variant` turns the MNIST digits of the split into a CapsNet evaluation set (`mnist_shift`,
 `mnist_centred`, `affnist_like`, `multimnist`: `timm_routing.data.make_variant`, seeded as `train_capsnet` does);
-`--npz` also takes an official affNIST `.mat` batch. `--device cuda` runs the model on a GPU (float32; the JSON names
-the device). For `multimnist` the accuracy is Sabour's: an image
+`--npz` also takes an official affNIST `.mat` batch. `--device cuda` runs the model on a GPU (float32 weights, with
+PyTorch's default TF32 convolutions; the JSON names the device). For `multimnist` the accuracy is Sabour's: an image
 counts when its two most active classes are its two digits. The JSON records the model, weight file and dataset
 hashes and the command, as the model cards quote it.
 """
@@ -148,8 +148,8 @@ def evaluate_model(model_name: str, npz_path, split: str = 'test', checkpoint: O
     """Builds `model_name` (pretrained, or from `checkpoint`) and evaluates it on a split of `npz_path` (or of an
     affNIST `.mat` file), optionally as an MNIST variant. `model_kwargs` go to `timm.create_model`, e.g. another λ or
     iteration count for a routing head, whose weights are the same (it has none). The model runs in float32 on
-    `device` (e.g. 'cuda'), which the result names (the GPU's name on CUDA); the zoo's evaluation JSONs without a
-    `device` entry ran on the CPU.
+    `device` (e.g. 'cuda', with PyTorch's default TF32 convolutions), which the result names (the GPU's name on CUDA);
+    the zoo's evaluation JSONs without a `device` entry ran on the CPU.
 
     Raises:
         FileNotFoundError: `checkpoint` does not exist.
