@@ -42,8 +42,9 @@ def test_compile_adds_a_compiled_row_per_layer(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize('name', [
-    'benchmarks-cpu.json', 'benchmarks-cpu-targets.json', 'benchmarks-gpu-h200.json', 'benchmarks-cpu-targets-xeon.json',
-    'benchmarks-cpu-targets-xeon-run1.json', 'benchmarks-cpu-layer-xeon.json', 'benchmarks-cpu-layer-xeon-normalized.json',
+    'benchmarks-cpu.json', 'benchmarks-cpu-targets.json', 'benchmarks-gpu-h200.json',
+    'benchmarks-cpu-targets-xeon.json', 'benchmarks-cpu-targets-xeon-run1.json', 'benchmarks-cpu-layer-xeon.json',
+    'benchmarks-cpu-layer-xeon-normalized.json',
 ])
 def test_benchmark_tables_in_the_docs_are_what_their_json_renders(name):
     """docs/benchmarks.md shows these runs as `to_markdown` renders their JSON: every table row and target line."""

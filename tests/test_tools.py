@@ -229,7 +229,10 @@ def test_evaluate_runs_on_the_device_it_is_given_and_records_it(tiny_npz, tmp_pa
     for bad in ('gpu0', 'cuda:x', 3.5):
         with pytest.raises(ValueError, match=f"device must be a torch device such as 'cpu' or 'cuda', got {bad!r}"):
             evaluate_model(name, tiny_npz, 'test', device=bad)
-    if torch.cuda.is_available():
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda': CUDA is not available here"):
+            main(['--model', name, '--npz', str(tiny_npz), '--device', 'cuda'])
+    else:
         gpu = evaluate_model(name, tiny_npz, 'test', device='cuda')
         assert gpu['device'] == torch.cuda.get_device_name(0)
         assert (gpu['n'], gpu['top1'], gpu['top5']) == (cpu['n'], cpu['top1'], cpu['top5'])

@@ -153,10 +153,10 @@ def evaluate_model(model_name: str, npz_path, split: str = 'test', checkpoint: O
 
     Raises:
         FileNotFoundError: `checkpoint` does not exist.
-        ValueError: `device` is not a torch device string; `limit` is not a positive int; the split is empty (a
-            validation split of `val_size` 0); `checkpoint` is unreadable or holds weights of another model
-            (`load_weight_file`), or is a `train_capsnet` run whose held-out split differs from `val_size`/`seed` (for
-            the validation and train splits; see `check_holdout_of_checkpoint`).
+        ValueError: `device` is not a torch device string, or CUDA where there is none; `limit` is not a positive
+            int; the split is empty (a validation split of `val_size` 0); `checkpoint` is unreadable or holds weights
+            of another model (`load_weight_file`), or is a `train_capsnet` run whose held-out split differs from
+            `val_size`/`seed` (for the validation and train splits; see `check_holdout_of_checkpoint`).
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f'limit must be a positive number of images, got {limit!r}.')
@@ -164,6 +164,8 @@ def evaluate_model(model_name: str, npz_path, split: str = 'test', checkpoint: O
         torch_device = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}.") from e
+    if torch_device.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'device {device!r}: CUDA is not available here (torch {torch.__version__}).')
     model = timm.create_model(model_name, pretrained=checkpoint is None, **(model_kwargs or {}))
     if checkpoint is not None:
         load_weight_file(model, checkpoint, model_name, '--checkpoint')
