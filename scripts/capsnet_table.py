@@ -8,7 +8,8 @@
 the validation and test splits of every model of the table: the expanded-MNIST models on expanded MNIST, MNIST
 centred in 40x40 and the affNIST-like set (affine maps of the test digits, and of the held-out validation digits: the
 set to choose a recipe on without looking at the test), the MultiMNIST model on MultiMNIST. A model whose weights are
-not shipped (the 13.5 M-parameter CapsNet baseline) is evaluated from its training run with `--checkpoint NAME=FILE`.
+not shipped (the 13.5 M-parameter CapsNet baseline) is evaluated from its training run with `--checkpoint NAME=FILE`;
+`--device cuda` runs the evaluations on a GPU (each JSON names the device).
 """
 import argparse
 import json
@@ -49,7 +50,7 @@ PAPER = {  # error %: expanded MNIST, affNIST; params
 MODEL_OF = {'capsnet.gpu_mnist_shift': 'capsnet.mnist_shift', 'capsnet.cpu_mnist_shift': 'capsnet.mnist_shift'}
 
 
-def evaluate_all(npz: str, checkpoints: dict, tags=None) -> None:
+def evaluate_all(npz: str, checkpoints: dict, tags=None, device: str = 'cpu') -> None:
     for tag in tags or EXPANDED + MULTI:
         checkpoint = checkpoints.get(tag)
         if checkpoint is None and tag not in timm.list_pretrained():
@@ -64,6 +65,8 @@ def evaluate_all(npz: str, checkpoints: dict, tags=None) -> None:
                 argv += ['--limit', str(limit)]
             if checkpoint:
                 argv += ['--checkpoint', checkpoint]
+            if device != 'cpu':  # the JSON records the device either way; the command names it only off the CPU
+                argv += ['--device', device]
             evaluate_main(argv)
 
 
@@ -153,10 +156,11 @@ def main(argv=None) -> int:
     parser.add_argument('--checkpoint', action='append', default=[], metavar='TAG=FILE',
                         help='weights of a tag that does not ship, e.g. '
                              'capsnet.gpu_mnist_shift=<run>/model_last.safetensors')
+    parser.add_argument('--device', default='cpu', help="run the evaluations on this torch device, e.g. 'cuda'")
     args = parser.parse_args(argv)
     checkpoints = dict(item.split('=', 1) for item in args.checkpoint)
     if args.evaluate is not None:
-        evaluate_all(args.npz, checkpoints, args.evaluate)
+        evaluate_all(args.npz, checkpoints, args.evaluate, args.device)
     print(table())
     return 0
 

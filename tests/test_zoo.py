@@ -210,6 +210,30 @@ def test_table4_in_the_docs_is_what_the_evaluations_print():
             assert [r[1:] for r in doc_rows] == [cells], (doc, name, doc_rows)
 
 
+def test_table4_evaluations_run_each_split_and_variant_on_the_device_asked_for(tmp_path, monkeypatch):
+    """`capsnet_table.py --evaluate --device cuda --checkpoint TAG=FILE` hands evaluate every split and variant of the
+    table, the device and the unshipped baseline's weights, and writes the JSONs into results/<tag>/."""
+    sys.path.insert(0, str(ROOT / 'scripts'))
+    import capsnet_table
+    calls = []
+    monkeypatch.setattr(capsnet_table, 'ROOT', tmp_path)
+    monkeypatch.setattr(capsnet_table, 'evaluate_main', calls.append)
+    capsnet_table.main(['--npz', 'mnist.npz', '--evaluate', 'capsnet.gpu_mnist_shift', '--device', 'cuda',
+                        '--checkpoint', 'capsnet.gpu_mnist_shift=run/model_last.safetensors'])
+    assert len(calls) == len(capsnet_table.EXPANDED_EVALS)
+    for argv, (stem, split, variant, limit) in zip(calls, capsnet_table.EXPANDED_EVALS):
+        options = dict(zip(argv[::2], argv[1::2]))
+        assert options['--model'] == 'capsnet.mnist_shift'  # the weightless 40x40 cfg of the baseline
+        assert (options['--split'], options['--variant'], options['--device']) == (split, variant, 'cuda')
+        assert options['--checkpoint'] == 'run/model_last.safetensors'
+        out_dir = tmp_path / 'results' / 'capsnet.gpu_mnist_shift'
+        assert Path(options['--out']).resolve() == out_dir / f'eval_{stem}.json'
+        assert options.get('--limit') == (str(limit) if limit else None)
+    calls.clear()
+    capsnet_table.evaluate_all('mnist.npz', {}, ['capsnet.gpu_mnist_shift'])  # no weights, none shipped: skipped
+    assert calls == []
+
+
 def _markdown_tables(text: str):
     """The markdown tables of `text`, in order, each a list of rows of stripped cells (header and rule included)."""
     tables, rows = [], []
