@@ -334,7 +334,6 @@ def test_routing_at_inference_table_is_what_its_evaluations_give():
             assert rows[row][column] == f"{result['top1']:.2f}", (tag, row)
 
 
-
 @pytest.mark.parametrize('ablation', ['ablation_convnet4_fmnist', 'ablation_resnet20_cifar10jpeg'])
 def test_ablation_table_in_the_docs_is_the_one_the_script_wrote(ablation):
     """docs/results.md shows the rows of `scripts/routing_ablation.py`'s ablation.md (in its own order, with words

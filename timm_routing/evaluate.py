@@ -192,8 +192,8 @@ def evaluate_model(model_name: str, npz_path, split: str = 'test', checkpoint: O
         dataset_sha256=sha256_file(npz_path),
         weights=Path(weights).name if weights else None, weights_sha256=sha256_file(weights) if weights else None,
         torch=torch.__version__, timm=timm.__version__,
+        device=torch.cuda.get_device_name(torch_device) if torch_device.type == 'cuda' else torch_device.type,
     )
-    result['device'] = torch.cuda.get_device_name(torch_device) if torch_device.type == 'cuda' else torch_device.type
     return result
 
 
