@@ -253,8 +253,8 @@ TABLE2_RUNS = {
                                    ['resnet20_routing.cpu_cifar10jpeg', 'resnet20_routing.cpu_cifar10jpeg/seed1']),
     "20, He et al.'s 182 epochs": (['resnet20.he182_cifar10jpeg'], ['resnet20_routing.he182_cifar10jpeg']),
     '32': (['resnet32.cpu_cifar10jpeg'], ['resnet32_routing.cpu_cifar10jpeg']),
-    '32, mean ± sd of two seeds': (['resnet32.cpu_cifar10jpeg', 'resnet32.cpu_cifar10jpeg/seed1'],
-                                   ['resnet32_routing.cpu_cifar10jpeg', 'resnet32_routing.cpu_cifar10jpeg/seed1']),
+    '32, mean ± sd of three seeds': ([f'resnet32.cpu_cifar10jpeg{s}' for s in ('', '/seed1', '/seed2')],
+                                     [f'resnet32_routing.cpu_cifar10jpeg{s}' for s in ('', '/seed1', '/seed2')]),
     '44': (['resnet44.cpu_cifar10jpeg'], ['resnet44_routing.cpu_cifar10jpeg']),
     '56': (['resnet56.cpu_cifar10jpeg'], ['resnet56_routing.cpu_cifar10jpeg']),
 }
