@@ -246,15 +246,20 @@ def _markdown_tables(text: str):
     return tables
 
 
+def _seed_runs(run: str, seeds: int) -> list:
+    """The results/ folders of `seeds` seeds of one tag: seed 0 in the tag's folder, seed n in its `seed<n>/`."""
+    return [run] + [f'{run}/seed{seed}' for seed in range(1, seeds)]
+
+
 # docs/results.md Table 2: the first cell of a row, and the runs (results/ folders) of its average and routing columns
 TABLE2_RUNS = {
     '20': (['resnet20.gpu_cifar10jpeg'], ['resnet20_routing.cpu_cifar10jpeg']),
     '20, mean ± sd of two seeds': (['resnet20.gpu_cifar10jpeg', 'resnet20.gpu_cifar10jpeg/seed1_cpu'],
-                                   ['resnet20_routing.cpu_cifar10jpeg', 'resnet20_routing.cpu_cifar10jpeg/seed1']),
+                                   _seed_runs('resnet20_routing.cpu_cifar10jpeg', 2)),
     "20, He et al.'s 182 epochs": (['resnet20.he182_cifar10jpeg'], ['resnet20_routing.he182_cifar10jpeg']),
     '32': (['resnet32.cpu_cifar10jpeg'], ['resnet32_routing.cpu_cifar10jpeg']),
-    '32, mean ± sd of three seeds': ([f'resnet32.cpu_cifar10jpeg{s}' for s in ('', '/seed1', '/seed2')],
-                                     [f'resnet32_routing.cpu_cifar10jpeg{s}' for s in ('', '/seed1', '/seed2')]),
+    '32, mean ± sd of three seeds': (_seed_runs('resnet32.cpu_cifar10jpeg', 3),
+                                     _seed_runs('resnet32_routing.cpu_cifar10jpeg', 3)),
     '44': (['resnet44.cpu_cifar10jpeg'], ['resnet44_routing.cpu_cifar10jpeg']),
     '56': (['resnet56.cpu_cifar10jpeg'], ['resnet56_routing.cpu_cifar10jpeg']),
 }
@@ -286,13 +291,12 @@ TABLE1_RUNS = {
     ('Fashion-MNIST', '*this repo*, `convnet4_*.cpu_fmnist` (15 CPU epochs, shipped seed)'):
         [[_FMNIST.format(p)] for p in ('max', 'avg', 'routing')] + [[_RAW_FMNIST]],
     ('Fashion-MNIST', '*this repo*, mean ± sd of three seeds (two for average and raw)'):
-        [[_FMNIST.format(p), _FMNIST.format(p) + '/seed1'] + ([_FMNIST.format(p) + '/seed2'] if p != 'avg' else [])
-         for p in ('max', 'avg', 'routing')] + [[_RAW_FMNIST, _RAW_FMNIST + '/seed1']],
+        [_seed_runs(_FMNIST.format(p), 2 if p == 'avg' else 3) for p in ('max', 'avg', 'routing')]
+        + [_seed_runs(_RAW_FMNIST, 2)],
     ('CIFAR-10 (JPEG q75 approximation)', '*this repo*, `convnet4_*.cpu_cifar10jpeg` (20 CPU epochs, shipped seed)'):
         [[_CIFAR.format(p)] for p in ('max', 'avg', 'routing', 'routing_raw')],
     ('CIFAR-10 (JPEG q75 approximation)', '*this repo*, mean ± sd of three seeds (two for average)'):
-        [[_CIFAR.format(p), _CIFAR.format(p) + '/seed1'] + ([_CIFAR.format(p) + '/seed2'] if p != 'avg' else [])
-         for p in ('max', 'avg', 'routing', 'routing_raw')],
+        [_seed_runs(_CIFAR.format(p), 2 if p == 'avg' else 3) for p in ('max', 'avg', 'routing', 'routing_raw')],
 }
 
 
