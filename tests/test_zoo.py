@@ -254,8 +254,9 @@ def _seed_runs(run: str, seeds: int) -> list:
 # docs/results.md Table 2: the first cell of a row, and the runs (results/ folders) of its average and routing columns
 TABLE2_RUNS = {
     '20': (['resnet20.gpu_cifar10jpeg'], ['resnet20_routing.cpu_cifar10jpeg']),
-    '20, mean ± sd of two seeds': (['resnet20.gpu_cifar10jpeg', 'resnet20.gpu_cifar10jpeg/seed1_cpu'],
-                                   _seed_runs('resnet20_routing.cpu_cifar10jpeg', 2)),
+    '20, mean ± sd of three seeds': (['resnet20.gpu_cifar10jpeg', 'resnet20.gpu_cifar10jpeg/seed1_cpu',
+                                      'resnet20.gpu_cifar10jpeg/seed2_cpu'],
+                                     _seed_runs('resnet20_routing.cpu_cifar10jpeg', 3)),
     "20, He et al.'s 182 epochs": (['resnet20.he182_cifar10jpeg'], ['resnet20_routing.he182_cifar10jpeg']),
     '32': (['resnet32.cpu_cifar10jpeg'], ['resnet32_routing.cpu_cifar10jpeg']),
     '32, mean ± sd of three seeds': (_seed_runs('resnet32.cpu_cifar10jpeg', 3),
