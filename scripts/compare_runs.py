@@ -8,7 +8,7 @@
 
 The n-th baseline folder is paired with the n-th candidate folder (runs of one seed, the same schedule). A folder holds
 what `python -m timm_routing.train_capsnet` writes (`summary.csv`, with train.py's columns) and, where the run was
-evaluated, the `eval_test.json` and `eval_validation.json` of `python -m timm_routing.evaluate`. For each pair it prints:
+evaluated, the `eval_test.json` and `eval_validation.json` of `python -m timm_routing.evaluate`. Per pair it prints:
 the test and validation top-1 of the evaluations and the candidate's margin; in how many of the epochs from the first
 learning-rate drop on (and from the last, where the schedule has two or more) the candidate's validation top-1 of
 `summary.csv` was above, level with and below the baseline's, and the mean difference; the final epoch's training loss.

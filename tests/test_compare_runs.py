@@ -1,4 +1,4 @@
-"""scripts/compare_runs.py: paired statistics of training runs, on made-up runs and on the runs docs/results.md quotes."""
+"""scripts/compare_runs.py: paired statistics of training runs, on made-up runs and on those docs/results.md quotes."""
 import json
 import sys
 from pathlib import Path
@@ -83,8 +83,8 @@ def test_command_line_needs_one_candidate_per_baseline(tmp_path, capsys):
     assert 'mean difference +0.00' in capsys.readouterr().out
 
 
-# paired runs whose statistics docs/results.md quotes: baseline, candidate, and the after-drop mean differences it quotes
-# beside the final training losses (0: none, 1: from the first drop on, 2: that and "after the second drop")
+# paired runs whose statistics docs/results.md quotes: baseline, candidate, and the after-drop mean differences it
+# quotes beside the final training losses (0: none, 1: from the first drop on, 2: that and "after the second drop")
 DOCUMENTED_PAIRS = [
     ('resnet20.gpu_cifar10jpeg', 'resnet20_routing.cpu_cifar10jpeg', 0),
     ('resnet20.gpu_cifar10jpeg/seed2_cpu', 'resnet20_routing.cpu_cifar10jpeg/seed2', 1),
