@@ -30,9 +30,11 @@ def read_summary(run: Path) -> list:
         raise FileNotFoundError(f'{path} does not exist: {run} is not a training run folder')
     with open(path, newline='') as f:
         rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    missing = {'epoch', 'train_loss', 'eval_top1', 'lr'} - set(rows[0] if rows else {})
-    if not rows or missing:
-        raise ValueError(f'{path} has no epochs' if not rows else f'{path} lacks the column(s) {sorted(missing)}')
+    if not rows:
+        raise ValueError(f'{path} has no epochs')
+    missing = {'epoch', 'train_loss', 'eval_top1', 'lr'} - set(rows[0])
+    if missing:
+        raise ValueError(f'{path} lacks the column(s) {sorted(missing)}')
     return rows
 
 
@@ -66,9 +68,10 @@ def compare_pair(baseline_run: Path, candidate_run: Path) -> dict:
     drops = lr_drops(baseline)
     if drops != lr_drops(candidate):
         raise ValueError(f'{baseline_run} and {candidate_run} dropped the learning rate at different epochs')
+    first_and_last = sorted({drops[0], drops[-1]}) if drops else []
     result = dict(baseline=str(baseline_run), candidate=str(candidate_run), epochs=len(baseline),
                   train_loss=(baseline[-1]['train_loss'], candidate[-1]['train_loss']),
-                  after_drops=[validation_margin(baseline, candidate, d) for d in drops[:1] + drops[1:][-1:]])
+                  after_drops=[validation_margin(baseline, candidate, d) for d in first_and_last])
     for split in ('test', 'validation'):
         result[split] = (read_top1(baseline_run, split), read_top1(candidate_run, split))
     return result
