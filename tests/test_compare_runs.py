@@ -93,6 +93,7 @@ DOCUMENTED_PAIRS = [
     ('resnet32.cpu_cifar10jpeg/seed1', 'resnet32_routing.cpu_cifar10jpeg/seed1', 1),
     ('resnet32.cpu_cifar10jpeg/seed2', 'resnet32_routing.cpu_cifar10jpeg/seed2', 1),
     ('resnet44.cpu_cifar10jpeg', 'resnet44_routing.cpu_cifar10jpeg', 1),
+    ('resnet44.cpu_cifar10jpeg/seed1', 'resnet44_routing.cpu_cifar10jpeg/seed1', 2),
     ('resnet56.cpu_cifar10jpeg', 'resnet56_routing.cpu_cifar10jpeg', 1),
     ('resnet56.cpu_cifar10jpeg/seed1', 'resnet56_routing.cpu_cifar10jpeg/seed1', 2),
 ]
