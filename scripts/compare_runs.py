@@ -11,8 +11,9 @@ what `python -m timm_routing.train_capsnet` writes (`summary.csv`, with train.py
 evaluated, the `eval_test.json` and `eval_validation.json` of `python -m timm_routing.evaluate`. Per pair it prints:
 the test and validation top-1 of the evaluations and the candidate's margin; in how many of the epochs from the first
 learning-rate drop on (and from the last, where the schedule has two or more) the candidate's validation top-1 of
-`summary.csv` was above, level with and below the baseline's, and the mean difference; the final epoch's training loss.
-With several pairs it adds the mean ± sample standard deviation over seeds of each side's test and validation top-1.
+`summary.csv` was above, level with and below the baseline's, and the mean difference; the first and the final epoch's
+training loss. With several pairs it adds the mean ± sample standard deviation over seeds of each side's test and
+validation top-1, and the mean over seeds of each side's first-epoch training loss.
 These are the statistics docs/results.md quotes for its paired CIFAR ResNets.
 """
 import argparse
@@ -70,6 +71,7 @@ def compare_pair(baseline_run: Path, candidate_run: Path) -> dict:
         raise ValueError(f'{baseline_run} and {candidate_run} dropped the learning rate at different epochs')
     first_and_last = sorted({drops[0], drops[-1]}) if drops else []
     result = dict(baseline=str(baseline_run), candidate=str(candidate_run), epochs=len(baseline),
+                  first_train_loss=(baseline[0]['train_loss'], candidate[0]['train_loss']),
                   train_loss=(baseline[-1]['train_loss'], candidate[-1]['train_loss']),
                   after_drops=[validation_margin(baseline, candidate, d) for d in first_and_last])
     for split in ('test', 'validation'):
@@ -94,6 +96,8 @@ def format_report(pairs: list) -> str:
             lines.append(f"  validation top-1 from epoch {m['first_epoch']} on ({m['epochs']} epochs): candidate above "
                          f"in {m['above']}, level in {m['level']}, below in {m['below']}; mean difference "
                          f"{m['mean']:+.2f}")
+        lines.append(f"  first epoch's training loss: baseline {p['first_train_loss'][0]:.3f}, "
+                     f"candidate {p['first_train_loss'][1]:.3f}")
         lines.append(f"  final training loss: baseline {p['train_loss'][0]:.3f}, candidate {p['train_loss'][1]:.3f}")
     if len(pairs) > 1:
         for split in ('test', 'validation'):
@@ -101,6 +105,9 @@ def format_report(pairs: list) -> str:
                 base, cand = ([p[split][i] for p in pairs] for i in (0, 1))
                 lines.append(f'{split} top-1 over {len(pairs)} seeds (mean ± sample sd): baseline {_mean_sd(base)}, '
                              f'candidate {_mean_sd(cand)}')
+        base, cand = (statistics.mean(p['first_train_loss'][i] for p in pairs) for i in (0, 1))
+        lines.append(f"first epoch's training loss over {len(pairs)} seeds (mean): baseline {base:.3f}, "
+                     f"candidate {cand:.3f}")
     return '\n'.join(lines)
 
 

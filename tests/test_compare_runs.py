@@ -10,11 +10,14 @@ sys.path.insert(0, str(ROOT / 'scripts'))
 import compare_runs  # noqa: E402
 
 
-def _write_run(folder: Path, val_top1: list, train_loss: float, lrs: list, test=None, validation=None) -> Path:
-    """A run folder as train_capsnet writes it: summary.csv (lr = the rate the next epoch trains with), eval JSONs."""
+def _write_run(folder: Path, val_top1: list, train_loss, lrs: list, test=None, validation=None) -> Path:
+    """A run folder as train_capsnet writes it: summary.csv (lr = the rate the next epoch trains with), eval JSONs.
+
+    `train_loss` is one value for every epoch, or a list with one per epoch."""
     folder.mkdir(parents=True)
+    losses = train_loss if isinstance(train_loss, list) else [train_loss] * len(val_top1)
     rows = ['epoch,train_loss,eval_loss,eval_top1,eval_top5,lr']
-    rows += [f'{e},{train_loss},0.5,{top1},99.0,{lr}' for e, (top1, lr) in enumerate(zip(val_top1, lrs))]
+    rows += [f'{e},{loss},0.5,{top1},99.0,{lr}' for e, (loss, top1, lr) in enumerate(zip(losses, val_top1, lrs))]
     (folder / 'summary.csv').write_text('\n'.join(rows) + '\n')
     for split, top1 in (('test', test), ('validation', validation)):
         if top1 is not None:
@@ -28,9 +31,10 @@ LRS = [0.1, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001, 0.001]
 
 def test_counts_epochs_from_the_first_epoch_trained_at_each_lowered_rate(tmp_path):
     base = _write_run(tmp_path / 'avg', [50, 60, 70, 71, 80, 81, 82, 83], 0.2, LRS, test=80.0, validation=83.0)
-    cand = _write_run(tmp_path / 'routing', [40, 70, 60, 90, 79, 81, 84, 85], 0.3, LRS, test=81.5, validation=85.0)
+    cand = _write_run(tmp_path / 'routing', [40, 70, 60, 90, 79, 81, 84, 85], [1.5] + [0.3] * 7, LRS, test=81.5,
+                      validation=85.0)
     pair = compare_runs.compare_pair(base, cand)
-    assert pair['epochs'] == 8 and pair['train_loss'] == (0.2, 0.3)
+    assert pair['epochs'] == 8 and pair['train_loss'] == (0.2, 0.3) and pair['first_train_loss'] == (0.2, 1.5)
     assert pair['test'] == (80.0, 81.5) and pair['validation'] == (83.0, 85.0)
     first, last = pair['after_drops']
     # epochs 4-7: -1, 0, +2, +2 (epoch 3, still at lr 0.1, is left out although its row records the drop)
@@ -39,6 +43,7 @@ def test_counts_epochs_from_the_first_epoch_trained_at_each_lowered_rate(tmp_pat
     report = compare_runs.format_report([pair])
     assert 'test top-1: baseline 80.00, candidate 81.50 (+1.50)' in report
     assert 'from epoch 4 on (4 epochs): candidate above in 2, level in 1, below in 1; mean difference +0.75' in report
+    assert "first epoch's training loss: baseline 0.200, candidate 1.500" in report
     assert 'final training loss: baseline 0.200, candidate 0.300' in report
 
 
@@ -46,10 +51,11 @@ def test_means_over_seeds_and_runs_without_evaluations(tmp_path):
     pairs = []
     for seed, (b, c) in enumerate([(80.0, 81.0), (82.0, 82.0), (84.0, 80.0)]):
         base = _write_run(tmp_path / f'avg{seed}', [1] * 8, 0.2, LRS, test=b, validation=b)
-        cand = _write_run(tmp_path / f'routing{seed}', [1] * 8, 0.3, LRS, test=c)
+        cand = _write_run(tmp_path / f'routing{seed}', [1] * 8, [1.0 + seed] + [0.3] * 7, LRS, test=c)
         pairs.append(compare_runs.compare_pair(base, cand))
     report = compare_runs.format_report(pairs)
     assert 'test top-1 over 3 seeds (mean ± sample sd): baseline 82.00 ± 2.00, candidate 81.00 ± 1.00' in report
+    assert "first epoch's training loss over 3 seeds (mean): baseline 0.200, candidate 2.000" in report
     assert 'validation top-1 over' not in report and 'validation top-1: baseline' not in report  # routing lacks it
 
 
@@ -107,3 +113,23 @@ def test_the_paired_statistics_in_the_docs_are_what_the_script_gives(baseline, c
     assert f'{cand_loss:.3f} against {base_loss:.3f}' in docs
     for phrase, margin in zip(('mean difference', 'after the second drop'), pair['after_drops'][:quoted_means]):
         assert f"{phrase} {margin['mean']:+.2f}".replace('-', '−') in docs
+
+
+# the paired runs whose first-epoch training losses docs/results.md averages per depth (the 100-epoch ResNet-20s and
+# the 50- and 60-epoch deeper ones; the first epoch trains at lr 0.1 in all of them)
+FIRST_EPOCH_PAIRS = {
+    20: [('resnet20.gpu_cifar10jpeg', 'resnet20_routing.cpu_cifar10jpeg'),
+         ('resnet20.gpu_cifar10jpeg/seed1_cpu', 'resnet20_routing.cpu_cifar10jpeg/seed1'),
+         ('resnet20.gpu_cifar10jpeg/seed2_cpu', 'resnet20_routing.cpu_cifar10jpeg/seed2')],
+    32: [(f'resnet32.cpu_cifar10jpeg{s}', f'resnet32_routing.cpu_cifar10jpeg{s}') for s in ('', '/seed1', '/seed2')],
+    44: [(f'resnet44.cpu_cifar10jpeg{s}', f'resnet44_routing.cpu_cifar10jpeg{s}') for s in ('', '/seed1')],
+    56: [(f'resnet56.cpu_cifar10jpeg{s}', f'resnet56_routing.cpu_cifar10jpeg{s}') for s in ('', '/seed1')],
+}
+
+
+@pytest.mark.parametrize('depth', FIRST_EPOCH_PAIRS)
+def test_the_first_epoch_losses_in_the_docs_are_what_the_script_gives(depth):
+    docs = ' '.join((ROOT / 'docs' / 'results.md').read_text().split())
+    pairs = [compare_runs.compare_pair(ROOT / 'results' / b, ROOT / 'results' / c) for b, c in FIRST_EPOCH_PAIRS[depth]]
+    base, cand = (sum(p['first_train_loss'][i] for p in pairs) / len(pairs) for i in (0, 1))
+    assert f'{base:.3f} against {cand:.3f} at {"depth " if depth == 20 else ""}{depth}' in docs
