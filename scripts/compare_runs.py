@@ -79,6 +79,11 @@ def compare_pair(baseline_run: Path, candidate_run: Path) -> dict:
     return result
 
 
+def mean_first_train_loss(pairs: list) -> tuple:
+    """Each side's first-epoch training loss, averaged over the pairs (seeds) of `compare_pair`: (baseline, candidate)."""
+    return tuple(statistics.mean(p['first_train_loss'][i] for p in pairs) for i in (0, 1))
+
+
 def _mean_sd(values: list) -> str:
     return f'{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}'
 
@@ -105,7 +110,7 @@ def format_report(pairs: list) -> str:
                 base, cand = ([p[split][i] for p in pairs] for i in (0, 1))
                 lines.append(f'{split} top-1 over {len(pairs)} seeds (mean ± sample sd): baseline {_mean_sd(base)}, '
                              f'candidate {_mean_sd(cand)}')
-        base, cand = (statistics.mean(p['first_train_loss'][i] for p in pairs) for i in (0, 1))
+        base, cand = mean_first_train_loss(pairs)
         lines.append(f"first epoch's training loss over {len(pairs)} seeds (mean): baseline {base:.3f}, "
                      f"candidate {cand:.3f}")
     return '\n'.join(lines)

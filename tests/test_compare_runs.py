@@ -131,5 +131,5 @@ FIRST_EPOCH_PAIRS = {
 def test_the_first_epoch_losses_in_the_docs_are_what_the_script_gives(depth):
     docs = ' '.join((ROOT / 'docs' / 'results.md').read_text().split())
     pairs = [compare_runs.compare_pair(ROOT / 'results' / b, ROOT / 'results' / c) for b, c in FIRST_EPOCH_PAIRS[depth]]
-    base, cand = (sum(p['first_train_loss'][i] for p in pairs) / len(pairs) for i in (0, 1))
+    base, cand = compare_runs.mean_first_train_loss(pairs)
     assert f'{base:.3f} against {cand:.3f} at {"depth " if depth == 20 else ""}{depth}' in docs
