@@ -101,7 +101,9 @@ DOCUMENTED_PAIRS = [
     ('resnet44.cpu_cifar10jpeg', 'resnet44_routing.cpu_cifar10jpeg', 1),
     ('resnet44.cpu_cifar10jpeg/seed1', 'resnet44_routing.cpu_cifar10jpeg/seed1', 2),
     ('resnet56.cpu_cifar10jpeg', 'resnet56_routing.cpu_cifar10jpeg', 1),
-    ('resnet56.cpu_cifar10jpeg/seed1', 'resnet56_routing.cpu_cifar10jpeg/seed1', 2),
+        ('resnet56.cpu_cifar10jpeg/seed1', 'resnet56_routing.cpu_cifar10jpeg/seed1', 2),
+    ('resnet56.cpu_cifar10jpeg/seed2', 'resnet56_routing.cpu_cifar10jpeg/seed2', 2),
+
 ]
 
 
@@ -123,7 +125,7 @@ FIRST_EPOCH_PAIRS = {
          ('resnet20.gpu_cifar10jpeg/seed2_cpu', 'resnet20_routing.cpu_cifar10jpeg/seed2')],
     32: [(f'resnet32.cpu_cifar10jpeg{s}', f'resnet32_routing.cpu_cifar10jpeg{s}') for s in ('', '/seed1', '/seed2')],
     44: [(f'resnet44.cpu_cifar10jpeg{s}', f'resnet44_routing.cpu_cifar10jpeg{s}') for s in ('', '/seed1')],
-    56: [(f'resnet56.cpu_cifar10jpeg{s}', f'resnet56_routing.cpu_cifar10jpeg{s}') for s in ('', '/seed1')],
+    56: [(f'resnet56.cpu_cifar10jpeg{s}', f'resnet56_routing.cpu_cifar10jpeg{s}') for s in ('', '/seed1', '/seed2')],
 }
 
 
