@@ -101,9 +101,8 @@ DOCUMENTED_PAIRS = [
     ('resnet44.cpu_cifar10jpeg', 'resnet44_routing.cpu_cifar10jpeg', 1),
     ('resnet44.cpu_cifar10jpeg/seed1', 'resnet44_routing.cpu_cifar10jpeg/seed1', 2),
     ('resnet56.cpu_cifar10jpeg', 'resnet56_routing.cpu_cifar10jpeg', 1),
-        ('resnet56.cpu_cifar10jpeg/seed1', 'resnet56_routing.cpu_cifar10jpeg/seed1', 2),
+    ('resnet56.cpu_cifar10jpeg/seed1', 'resnet56_routing.cpu_cifar10jpeg/seed1', 2),
     ('resnet56.cpu_cifar10jpeg/seed2', 'resnet56_routing.cpu_cifar10jpeg/seed2', 2),
-
 ]
 
 

@@ -265,7 +265,7 @@ TABLE2_RUNS = {
     '44, mean ± sd of two seeds': (_seed_runs('resnet44.cpu_cifar10jpeg', 2),
                                    _seed_runs('resnet44_routing.cpu_cifar10jpeg', 2)),
     '56': (['resnet56.cpu_cifar10jpeg'], ['resnet56_routing.cpu_cifar10jpeg']),
-        '56, mean ± sd of three seeds': (_seed_runs('resnet56.cpu_cifar10jpeg', 3),
+    '56, mean ± sd of three seeds': (_seed_runs('resnet56.cpu_cifar10jpeg', 3),
                                      _seed_runs('resnet56_routing.cpu_cifar10jpeg', 3)),
 }
 
