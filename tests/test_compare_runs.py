@@ -103,6 +103,7 @@ DOCUMENTED_PAIRS = [
     ('resnet56.cpu_cifar10jpeg', 'resnet56_routing.cpu_cifar10jpeg', 1),
     ('resnet56.cpu_cifar10jpeg/seed1', 'resnet56_routing.cpu_cifar10jpeg/seed1', 2),
     ('resnet56.cpu_cifar10jpeg/seed2', 'resnet56_routing.cpu_cifar10jpeg/seed2', 2),
+    ('resnet56.cpu_cifar10jpeg/warmup1', 'resnet56_routing.cpu_cifar10jpeg/warmup1', 2),
 ]
 
 
