@@ -104,6 +104,7 @@ DOCUMENTED_PAIRS = [
     ('resnet56.cpu_cifar10jpeg/seed1', 'resnet56_routing.cpu_cifar10jpeg/seed1', 2),
     ('resnet56.cpu_cifar10jpeg/seed2', 'resnet56_routing.cpu_cifar10jpeg/seed2', 2),
     ('resnet56.cpu_cifar10jpeg/warmup1', 'resnet56_routing.cpu_cifar10jpeg/warmup1', 2),
+    ('resnet56.cpu_cifar10jpeg/warmup1_seed1', 'resnet56_routing.cpu_cifar10jpeg/warmup1_seed1', 2),
 ]
 
 

@@ -267,8 +267,9 @@ TABLE2_RUNS = {
     '56': (['resnet56.cpu_cifar10jpeg'], ['resnet56_routing.cpu_cifar10jpeg']),
     '56, mean ± sd of three seeds': (_seed_runs('resnet56.cpu_cifar10jpeg', 3),
                                      _seed_runs('resnet56_routing.cpu_cifar10jpeg', 3)),
-    '56, one seed with a one-epoch warm-up': (['resnet56.cpu_cifar10jpeg/warmup1'],
-                                              ['resnet56_routing.cpu_cifar10jpeg/warmup1']),
+    '56, mean ± sd of two seeds with a one-epoch warm-up': (
+        ['resnet56.cpu_cifar10jpeg/warmup1', 'resnet56.cpu_cifar10jpeg/warmup1_seed1'],
+        ['resnet56_routing.cpu_cifar10jpeg/warmup1', 'resnet56_routing.cpu_cifar10jpeg/warmup1_seed1']),
 }
 
 
